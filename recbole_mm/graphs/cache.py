@@ -1,0 +1,148 @@
+"""Content-keyed on-disk cache for built graphs, with atomic writes.
+
+``cached_tensor(cache_dir, name, key, builder)`` returns ``builder()``'s result, stored at
+``<cache_dir>/<name>-<hash16>.pt`` where the hash is SHA-256 of the canonical JSON of ``key``
+plus :data:`CACHE_VERSION`. Put in ``key`` everything the result depends on: the dataset
+fingerprint (features + training split), every parameter, a code version. Values in ``key``
+may be JSON scalars, lists, dicts, numpy arrays, torch tensors or scipy sparse matrices (the
+last three are replaced by a content hash, see :func:`fingerprint`).
+
+Writes go to a temporary file in the same folder, are flushed and fsynced, then moved into
+place with ``os.replace`` (atomic on POSIX), so a build killed half-way leaves either no file
+or the previous good one, never a truncated cache. On read, the stored record must carry our
+magic string and exactly the same key; anything else (truncated, unpicklable, another
+program's file, hash collision) triggers a warning and a rebuild that overwrites it.
+
+The stored value can be anything ``torch.save`` pickles (tensors, tuples, dicts, scipy
+matrices). Files are loaded with ``weights_only=False``: only point ``cache_dir`` at folders
+this project writes.
+"""
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["cached_tensor", "fingerprint", "cache_path", "CACHE_VERSION"]
+
+CACHE_VERSION = 1
+_MAGIC = "recbole_mm-graph-cache"
+
+
+def fingerprint(obj):
+    """Hex SHA-256 of the content of an array, tensor, scipy matrix or JSON-able value."""
+    h = hashlib.sha256()
+    _update(h, obj)
+    return h.hexdigest()
+
+
+def _update(h, obj):
+    if isinstance(obj, torch.Tensor):
+        if obj.is_sparse:
+            obj = obj.coalesce()
+            _update(h, ("torch.sparse", list(obj.shape), obj.indices(), obj.values()))
+            return
+        arr = obj.detach().cpu().contiguous().numpy()
+        h.update(f"tensor:{arr.dtype}:{arr.shape}:".encode())
+        h.update(arr.tobytes())
+    elif isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        h.update(f"ndarray:{arr.dtype}:{arr.shape}:".encode())
+        h.update(arr.tobytes())
+    elif hasattr(obj, "tocsr") and hasattr(obj, "nnz"):  # scipy sparse
+        csr = obj.tocsr()
+        csr.sort_indices()
+        _update(h, ("scipy.sparse", list(csr.shape), csr.indptr, csr.indices, csr.data))
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"seq:{len(obj)}:".encode())
+        for item in obj:
+            _update(h, item)
+    elif isinstance(obj, dict):
+        h.update(f"dict:{len(obj)}:".encode())
+        for k in sorted(obj, key=str):
+            _update(h, str(k))
+            _update(h, obj[k])
+    else:
+        h.update(("scalar:" + json.dumps(obj, sort_keys=True, default=str)).encode())
+
+
+def _canonical(key):
+    """JSON-able version of ``key``: arrays/tensors/sparse matrices become content hashes."""
+    if isinstance(key, dict):
+        return {str(k): _canonical(v) for k, v in sorted(key.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(key, (list, tuple)):
+        return [_canonical(v) for v in key]
+    if isinstance(key, (torch.Tensor, np.ndarray)) or (hasattr(key, "tocsr") and hasattr(key, "nnz")):
+        return "sha256:" + fingerprint(key)
+    if isinstance(key, (np.integer, np.floating, np.bool_)):
+        return key.item()
+    if key is None or isinstance(key, (str, int, float, bool)):
+        return key
+    return str(key)
+
+
+def cache_path(cache_dir, name, key):
+    """Path and canonical key text of the cache entry for ``(name, key)``."""
+    text = json.dumps({"version": CACHE_VERSION, "key": _canonical(key)}, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    return os.path.join(str(cache_dir), f"{safe}-{digest}.pt"), text
+
+
+def _load(path, key_text):
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(record, dict) or record.get("magic") != _MAGIC:
+        raise ValueError("not a recbole_mm graph cache file")
+    if record.get("key") != key_text:
+        raise ValueError("cache file was built for a different key")
+    return record["value"]
+
+
+def _atomic_save(obj, path):
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def cached_tensor(cache_dir, name, key, builder, map_location=None):
+    """Load ``name`` for ``key`` from ``cache_dir``, or build it with ``builder()`` and store it.
+
+    ``cache_dir=None`` disables caching (the builder always runs). ``map_location`` moves
+    loaded tensors (e.g. ``'cuda'``); a freshly built value is returned as built.
+    """
+    if cache_dir is None:
+        return builder()
+    os.makedirs(cache_dir, exist_ok=True)
+    path, key_text = cache_path(cache_dir, name, key)
+    if os.path.exists(path):
+        try:
+            value = _load(path, key_text)
+            return _move(value, map_location) if map_location is not None else value
+        except Exception as err:  # corrupt, truncated or foreign: rebuild
+            warnings.warn(f"graph cache {path} is unreadable or foreign ({err}); rebuilding it")
+    value = builder()
+    _atomic_save({"magic": _MAGIC, "version": CACHE_VERSION, "key": key_text, "value": value},
+                 path)
+    return value
+
+
+def _move(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_move(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    return value

@@ -1,0 +1,129 @@
+"""Seeded k-means and modality codes (MMSR's item -> top-k centre links; MDSRec's centres).
+
+:func:`kmeans` (shared utility, mdsrec.md 2.4): Euclidean Lloyd iterations on float32 rows,
+k-means++ initialisation from a private ``torch.Generator(seed)``, at most ``iters`` steps,
+stop when the relative decrease of the inertia is below ``tol``; an empty cluster is
+re-seeded with the point farthest from its centre (lowest index on ties). Distances are
+computed in row chunks, so memory is ``O(chunk x c)``. Same inputs + seed = same output.
+
+:func:`modality_codes` (mmsr.md 1): fit k-means on the rows selected by ``fit_mask`` (the
+training items that have the modality), then link **every** valid item to its ``top_k``
+nearest centres by cosine (``assign='cosine'``) or Euclidean distance (``'euclidean'``), ties
+to the lower centre id. Invalid items (mask False or a zero row; PAD) get code ``-1``.
+"""
+import torch
+
+__all__ = ["kmeans", "modality_codes", "assign_codes"]
+
+
+def _sq_distances(x, centres, chunk=8192):
+    """``[N, c]`` squared Euclidean distances, computed in row chunks (clamped at 0)."""
+    c_sq = (centres * centres).sum(1)
+    out = torch.empty(x.shape[0], centres.shape[0], dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        xb = x[s:s + chunk]
+        d = (xb * xb).sum(1, keepdim=True) - 2.0 * xb @ centres.T + c_sq
+        out[s:s + chunk] = d.clamp_min_(0.0)
+    return out
+
+
+def _kmeans_pp(x, n_clusters, gen):
+    n = x.shape[0]
+    first = int(torch.randint(n, (1,), generator=gen))
+    centres = [x[first]]
+    closest = _sq_distances(x, x[first:first + 1]).squeeze(1)
+    for _ in range(1, n_clusters):
+        total = float(closest.sum())
+        if total <= 0:  # all remaining points coincide with a centre: take the lowest index
+            idx = int(torch.argmax((closest >= 0).to(torch.int8)))
+        else:
+            probs = (closest / total).double().cpu()
+            idx = int(torch.multinomial(probs, 1, generator=gen))
+        centres.append(x[idx])
+        closest = torch.minimum(closest, _sq_distances(x, x[idx:idx + 1]).squeeze(1))
+    return torch.stack(centres)
+
+
+def kmeans(x, n_clusters, seed=0, iters=100, tol=1e-4):
+    """Seeded k-means. Returns ``(centres FloatTensor[c, d], labels LongTensor[N])``."""
+    x = x.float()
+    n = x.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"kmeans: n_clusters={n_clusters} must be in [1, {n}] (number of rows)")
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    centres = _kmeans_pp(x, n_clusters, gen)
+    previous = None
+    for _ in range(max(1, int(iters))):
+        dist = _sq_distances(x, centres)
+        best, labels = dist.min(1)
+        inertia = float(best.sum())
+        counts = torch.bincount(labels, minlength=n_clusters)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        new = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        for empty in torch.nonzero(counts == 0).flatten().tolist():
+            far = int(torch.argmax(best))
+            new[empty] = x[far]
+            best[far] = -1.0  # never pick the same point twice
+        centres = new
+        if previous is not None and previous - inertia <= tol * max(previous, 1e-12):
+            break
+        previous = inertia
+    labels = _sq_distances(x, centres).argmin(1)
+    return centres, labels
+
+
+def assign_codes(features, centres, top_k, assign="cosine", valid=None):
+    """Top-k centres of every row: ``(indices LongTensor[N, k], scores FloatTensor[N, k])``.
+
+    Scores are cosine similarities (``'cosine'``) or negative Euclidean distances; invalid rows
+    hold ``-1`` / ``0``. Ties go to the lower centre id.
+    """
+    if assign == "cosine":
+        xn = features.float() / features.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+        cn = centres / centres.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        score = xn @ cn.T
+    elif assign == "euclidean":
+        score = -_sq_distances(features.float(), centres).sqrt()
+    else:
+        raise ValueError(f"assign must be 'cosine' or 'euclidean', got {assign!r}")
+    top_k = min(int(top_k), centres.shape[0])
+    # stable descending sort keeps the lower centre id first among equal scores
+    order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :top_k]
+    values = score.gather(1, order)
+    if valid is not None:
+        order[~valid] = -1
+        values[~valid] = 0.0
+    return order, values
+
+
+def modality_codes(features, n_codes, top_k, seed, fit_mask=None, valid_mask=None,
+                   assign="cosine", iters=100, tol=1e-4):
+    """K-means codes of one modality.
+
+    Args:
+        features: ``[N, d]`` item features (row 0 = PAD).
+        n_codes: number of centres ``c``.
+        top_k: centres linked per item.
+        seed: k-means seed.
+        fit_mask: ``[N]`` bool, items the centres are fitted on (e.g. training items);
+            None = all valid items (official MMSR).
+        valid_mask: ``[N]`` bool presence mask; zero rows are invalid in any case.
+        assign: ``'cosine'`` (ours) or ``'euclidean'`` (official).
+
+    Returns:
+        ``(centres FloatTensor[c, d], item_code_indices LongTensor[N, top_k] (-1 = none),
+        item_code_weights FloatTensor[N, top_k])``.
+    """
+    features = features.float()
+    valid = features.norm(dim=1) > 0
+    if valid_mask is not None:
+        valid &= torch.as_tensor(valid_mask, dtype=torch.bool, device=features.device)
+    fit = valid if fit_mask is None else valid & torch.as_tensor(
+        fit_mask, dtype=torch.bool, device=features.device)
+    n_fit = int(fit.sum())
+    if n_fit < n_codes:
+        raise ValueError(f"modality_codes: only {n_fit} items to fit {n_codes} codes; "
+                         f"lower code_num")
+    centres, _ = kmeans(features[fit], n_codes, seed=seed, iters=iters, tol=tol)
+    indices, weights = assign_codes(features, centres, top_k, assign=assign, valid=valid)
+    return centres, indices, weights

@@ -1,0 +1,249 @@
+"""Item-item k-nearest-neighbour graphs by cosine similarity, computed in row chunks.
+
+Exact mode (default, the test reference)
+    Rows are L2-normalised (``x / max(||x||, eps)``), then for each chunk of ``b`` rows the
+    similarity block ``S = X_b X^T`` (``b x N``) is formed, invalid columns (and the diagonal
+    when self is excluded) are set to ``-inf`` and the top-k is taken. Peak memory is
+    ``O(b N + N k)`` besides the features; the ``N x N`` matrix is never built.
+
+Tie-breaking
+    Equal similarities are ordered by the lower column index, always: candidates are sorted by
+    (-similarity, index), and rows whose k-th value is tied beyond the candidate set are
+    resolved exactly on the full similarity row. The result does not depend on ``chunk_size``
+    or on the device (up to floating-point rounding of the products themselves).
+
+Self handling (``include_self``)
+    ``True``/``'include'``: the item is a candidate like any other (cosine 1, so usually one of
+    its own k neighbours: MMRec/LATTICE/FREEDOM convention). ``False``/``'exclude'``: never a
+    neighbour of itself. ``'add'``: k other items, and :func:`knn_graph` adds a self loop.
+
+Invalid items (``valid_mask`` False, or an all-zero row when no mask is given) are never
+neighbours. Their rows in :func:`topk_cosine` hold index ``-1`` and value ``0``; in
+:func:`knn_graph` they hold only a self loop (``invalid_rows='self_loop'``, MuSTRec) except
+the row ``pad_index`` (RecBole's PAD item 0), which stays empty.
+
+Approximate mode (``approx_dim=r``, optional, CPU speed-up)
+    Project the normalised rows onto their top-``r`` principal directions (seeded randomised
+    SVD), pick ``approx_candidates`` (default ``max(4k, 32)``) candidates per row by the
+    projected inner product, then re-rank those candidates with the exact cosine. Recall
+    against exact is measured in ``benchmarks/bench_knn.py``.
+"""
+import math
+import warnings
+
+import torch
+
+__all__ = ["topk_cosine", "knn_graph", "normalize_rows", "default_chunk_size"]
+
+_SELF_MODES = {True: "include", False: "exclude", "include": "include", "exclude": "exclude", "add": "add"}
+
+
+def _self_mode(include_self):
+    try:
+        return _SELF_MODES[include_self]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"include_self must be True/'include', False/'exclude' or 'add', got {include_self!r}"
+        ) from None
+
+
+def normalize_rows(features, eps=1e-12):
+    """Return float32 rows scaled to unit L2 norm (zero rows stay zero)."""
+    features = features.float()
+    norms = features.norm(dim=1, keepdim=True).clamp_min(eps)
+    return features / norms
+
+
+def default_chunk_size(n_items, budget_bytes=256 * 2**20):
+    """Rows per chunk so that one ``chunk x N`` float32 similarity block fits ``budget_bytes``."""
+    return int(max(1, min(n_items, budget_bytes // (4 * max(n_items, 1)))))
+
+
+def _sort_by_value_then_index(values, indices):
+    """Sort each row by descending value, ties by ascending index (two stable sorts)."""
+    order = torch.argsort(indices, dim=1, stable=True)
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    order = torch.argsort(values, dim=1, descending=True, stable=True)
+    return values.gather(1, order), indices.gather(1, order)
+
+
+def _exact_topk_block(sim, k):
+    """Top-k of every row of ``sim`` (b x N) with ties broken by the lower column index."""
+    n_cols = sim.shape[1]
+    n_cand = min(n_cols, k + 8)
+    values, indices = torch.topk(sim, n_cand, dim=1, sorted=True)
+    values, indices = _sort_by_value_then_index(values, indices)
+    kth = values[:, k - 1]
+    if n_cand < n_cols:
+        # The k-th value also occurs at the last candidate: more ties may exist outside the
+        # candidate set, so resolve these rows on the full similarity row.
+        ambiguous = torch.nonzero(values[:, -1] == kth).flatten()
+        for row in ambiguous.tolist():
+            s = sim[row]
+            thr = kth[row]
+            above = torch.nonzero(s > thr).flatten()
+            tied = torch.nonzero(s == thr).flatten()[: k - above.numel()]
+            idx = torch.cat([above, tied])
+            v, i = _sort_by_value_then_index(s[idx].unsqueeze(0), idx.unsqueeze(0))
+            values[row, :k], indices[row, :k] = v[0], i[0]
+    return values[:, :k], indices[:, :k]
+
+
+def _valid_mask(features, valid_mask):
+    nonzero = torch.linalg.vector_norm(features.float(), dim=1) > 0
+    if valid_mask is None:
+        return nonzero
+    valid_mask = torch.as_tensor(valid_mask, dtype=torch.bool, device=features.device)
+    if valid_mask.shape != (features.shape[0],):
+        raise ValueError(f"valid_mask must have shape [{features.shape[0]}], got {tuple(valid_mask.shape)}")
+    return valid_mask & nonzero
+
+
+def _low_rank_basis(x_valid, rank, seed):
+    """Top-``rank`` right singular vectors of the (normalised, uncentred) rows, randomised SVD."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    n, d = x_valid.shape
+    oversample = min(d, rank + 16)
+    omega = torch.randn(d, oversample, generator=gen).to(x_valid)
+    q, _ = torch.linalg.qr(x_valid @ omega)
+    for _ in range(2):  # power iterations sharpen the spectrum
+        q, _ = torch.linalg.qr(x_valid.T @ q)
+        q, _ = torch.linalg.qr(x_valid @ q)
+    b = q.T @ x_valid
+    _, _, vh = torch.linalg.svd(b, full_matrices=False)
+    return vh[:rank].T.contiguous()  # d x rank
+
+
+def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None,
+                approx_dim=None, approx_candidates=None, seed=0, progress=False):
+    """Exact (or optionally approximate) top-k cosine neighbours of every row.
+
+    Args:
+        features: ``[N, d]`` float tensor (any device; the computation runs there).
+        k: neighbours per row; clamped with a warning to the number of candidates.
+        include_self: ``True``/``'include'``, ``False``/``'exclude'`` or ``'add'`` (as exclude).
+        valid_mask: ``[N]`` bool, False rows are never neighbours and get no neighbours.
+        chunk_size: rows per similarity block (default: a 256 MB block).
+        approx_dim: if set, use the low-rank candidate mode with this projection rank.
+        approx_candidates: candidates per row in approximate mode (default ``max(4k, 32)``).
+        seed: seed of the randomised SVD in approximate mode.
+        progress: show a tqdm bar over chunks.
+
+    Returns:
+        ``(indices LongTensor[N, k], values FloatTensor[N, k])`` sorted by descending
+        similarity, ties by lower index; invalid rows and unfilled slots hold ``-1`` / ``0``.
+    """
+    if features.dim() != 2:
+        raise ValueError(f"features must be 2-D [N, d], got shape {tuple(features.shape)}")
+    mode = _self_mode(include_self)
+    n_items = features.shape[0]
+    device = features.device
+    valid = _valid_mask(features, valid_mask)
+    n_valid = int(valid.sum())
+    max_k = n_valid - (0 if mode == "include" else 1)
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k > max_k:
+        warnings.warn(f"knn: k={k} exceeds the {max(max_k, 0)} available neighbours; clamped")
+    k_eff = max(0, min(k, max_k))
+    out_idx = torch.full((n_items, k), -1, dtype=torch.long, device=device)
+    out_val = torch.zeros((n_items, k), dtype=torch.float32, device=device)
+    if k_eff == 0:
+        return out_idx, out_val
+
+    x = normalize_rows(features)  # the one N x d copy
+    x[~valid] = 0.0
+    rows = torch.nonzero(valid).flatten()
+    col_penalty = torch.zeros(n_items, device=device)
+    col_penalty[~valid] = float("-inf")
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n_items)
+    chunk_size = max(1, int(chunk_size))
+
+    if approx_dim is not None:
+        return _topk_approx(x, rows, valid, k, k_eff, mode, chunk_size, approx_dim,
+                            approx_candidates, seed, out_idx, out_val, progress)
+
+    starts = range(0, rows.numel(), chunk_size)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="knn", unit="chunk")
+    for start in starts:
+        row_ids = rows[start:start + chunk_size]
+        sim = x[row_ids] @ x.T
+        sim += col_penalty
+        if mode != "include":
+            sim[torch.arange(row_ids.numel(), device=device), row_ids] = float("-inf")
+        values, indices = _exact_topk_block(sim, k_eff)
+        out_idx[row_ids, :k_eff] = indices
+        out_val[row_ids, :k_eff] = values
+        del sim
+    return out_idx, out_val
+
+
+def _topk_approx(x, rows, valid, k, k_eff, mode, chunk_size, rank, n_cand, seed,
+                 out_idx, out_val, progress):
+    device = x.device
+    rank = int(min(rank, x.shape[1]))
+    n_cand = int(min(max(n_cand or max(4 * k_eff, 32), k_eff), rows.numel()))
+    basis = _low_rank_basis(x[rows], rank, seed)
+    z = x @ basis  # N x r; invalid rows are zero
+    col_penalty = torch.zeros(x.shape[0], device=device)
+    col_penalty[~valid] = float("-inf")
+    starts = range(0, rows.numel(), chunk_size)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="knn-approx", unit="chunk")
+    for start in starts:
+        row_ids = rows[start:start + chunk_size]
+        approx = z[row_ids] @ z.T
+        approx += col_penalty
+        if mode != "include":
+            approx[torch.arange(row_ids.numel(), device=device), row_ids] = float("-inf")
+        else:  # make sure the item itself is a candidate (its exact cosine is 1)
+            approx[torch.arange(row_ids.numel(), device=device), row_ids] = float("inf")
+        _, cand = torch.topk(approx, n_cand, dim=1)
+        del approx
+        exact = torch.bmm(x[cand], x[row_ids].unsqueeze(2)).squeeze(2)  # b x n_cand
+        values, indices = _sort_by_value_then_index(exact, cand)
+        out_idx[row_ids, :k_eff] = indices[:, :k_eff]
+        out_val[row_ids, :k_eff] = values[:, :k_eff]
+    return out_idx, out_val
+
+
+def knn_graph(features, k, include_self=True, valid_mask=None, chunk_size=None,
+              invalid_rows="self_loop", pad_index=0, **topk_kwargs):
+    """Binary directed kNN graph as a coalesced torch sparse COO ``[N, N]`` float32 matrix.
+
+    Entry ``(i, j) = 1`` when ``j`` is among the top-k of row ``i`` (not symmetrised).
+    ``include_self='add'`` adds a self loop to the k other neighbours. Invalid rows get a
+    single self loop (``invalid_rows='self_loop'``) or nothing (``'empty'``); the invalid row
+    ``pad_index`` (PAD, default 0; ``None`` for none) is always empty.
+    Extra keyword arguments go to :func:`topk_cosine` (``approx_dim``, ``progress``, ...).
+    """
+    if invalid_rows not in ("self_loop", "empty"):
+        raise ValueError(f"invalid_rows must be 'self_loop' or 'empty', got {invalid_rows!r}")
+    mode = _self_mode(include_self)
+    n_items = features.shape[0]
+    device = features.device
+    indices, _ = topk_cosine(features, k, include_self=mode, valid_mask=valid_mask,
+                             chunk_size=chunk_size, **topk_kwargs)
+    valid = _valid_mask(features, valid_mask)
+    row = torch.arange(n_items, device=device).unsqueeze(1).expand_as(indices)
+    keep = indices >= 0
+    rows, cols = [row[keep]], [indices[keep]]
+    loops = torch.zeros(n_items, dtype=torch.bool, device=device)
+    if mode == "add":
+        loops |= valid
+    if invalid_rows == "self_loop":
+        loops |= ~valid
+        if pad_index is not None and 0 <= pad_index < n_items and not bool(valid[pad_index]):
+            loops[pad_index] = False
+    loop_ids = torch.nonzero(loops).flatten()
+    rows.append(loop_ids)
+    cols.append(loop_ids)
+    ij = torch.stack([torch.cat(rows), torch.cat(cols)])
+    vals = torch.ones(ij.shape[1], dtype=torch.float32, device=device)
+    return torch.sparse_coo_tensor(ij, vals, (n_items, n_items),
+                                   check_invariants=False).coalesce()

@@ -1,0 +1,188 @@
+"""Graph propagation layers of MMSR (Hu et al., CIKM 2023, §4.3) on batched MSGraphs.
+
+``HANLayer`` is the Heterogeneity-aware, Asynchronous, Non-invasive GNN layer:
+- homogeneous aggregation Ho(X, Y) (Eq. 12, 14): ``s_ij = a_{R_ij}^T (W_V x_i * W_V x_j)``,
+  LeakyReLU, softmax over the homogeneous neighbours and the self-loop (relations 1-4),
+  values ``W_V y_j``;
+- heterogeneous aggregation He(X, Y) (Eq. 13, 14): ``s_ij = (W_Q x_i) . (W_K x_j)``, softmax
+  over the heterogeneous neighbours and the self-loop, values ``W_V y_j``.  (The paper puts the
+  query on the neighbour; naming the centre's projection "query" is the same model.)
+- W_Q, W_K, W_V are type-specific (one per node type) and three distinct projections
+  (the official code reuses W_Q for K and V; spec bug B1).
+- ``mode='async'`` (default): A = Ho(H,H), E = He(H,H); hohe = He(A, H), heho = Ho(E, H) when
+  non-invasive (attention from the intermediate state, values from h^(l)), He(A, A) / Ho(E, E)
+  when invasive; gate beta = softmax(MLP([hohe; heho])) (Eq. 16-17).
+  ``sync``: Linear([Ho(H,H); He(H,H)]) (Eq. 15); ``hohe``/``heho``: one order, no gate;
+  ``ho``/``he``: one aggregation only.
+- Optional global attention (§5.4): G_i = sum_{active j} tanh(q_i . k_j) W_V h_j, mixed with the
+  layer output by a second two-way gate.
+
+Baseline aggregators of the paper's Table 3 that ignore node types (``GraphAggregatorLayer``):
+GCN (Eq. 8), GraphSAGE (mean), GAT (Eq. 9-11) and RGAT (one attention vector per relation label).
+
+Every layer takes ``h`` [B, N, d] and a ``MSGraphBatch`` and returns [B, N, d]; hidden dropout
+and zeroing of inactive nodes are done by the caller.
+"""
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .msgraph import REL_BI, REL_HETERO, REL_SELF
+
+HAN_MODES = ("async", "sync", "hohe", "heho", "ho", "he")
+AGGREGATORS = ("han", "gcn", "sage", "gat", "rgat")
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim restricted to ``mask``; rows without any neighbour give zeros."""
+    scores = scores.masked_fill(~mask, float("-inf"))
+    has_any = mask.any(-1, keepdim=True)
+    scores = torch.where(has_any, scores, torch.zeros_like(scores))
+    return torch.softmax(scores, dim=-1) * has_any
+
+
+def project_by_type(x: torch.Tensor, weights: nn.ModuleList, type_slices: List[Tuple[int, int]]) -> torch.Tensor:
+    """Apply weights[t] to the slots of node type t (slots are grouped by type)."""
+    parts = [weights[t](x[:, start:end]) for t, (start, end) in enumerate(type_slices)]
+    return torch.cat(parts, dim=1)
+
+
+class HANLayer(nn.Module):
+    def __init__(self, dim, n_types, mode="async", non_invasive=True, gate="concat", leaky_slope=0.1,
+                 attn_dropout=0.2, attn_scale=False, global_attn=False):
+        super().__init__()
+        if mode not in HAN_MODES:
+            raise ValueError(f"han_mode must be one of {HAN_MODES}, got {mode!r}")
+        if gate not in ("concat", "shared"):
+            raise ValueError(f"gate must be 'concat' or 'shared', got {gate!r}")
+        self.mode, self.non_invasive, self.gate_kind = mode, non_invasive, gate
+        self.leaky_slope, self.scale = leaky_slope, dim ** -0.5 if attn_scale else 1.0
+        self.query = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n_types))
+        self.key = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n_types))
+        self.value = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n_types))
+        self.relation_vectors = nn.Parameter(torch.empty(REL_BI, dim))  # a_r, r = self, out, in, bi
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        if mode == "async":
+            if gate == "concat":  # Eq. 16: MLP over the concatenated candidates -> 2 scores
+                self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 2))
+            else:  # official: one scorer shared by both candidates
+                self.gate = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+        if mode == "sync":
+            self.sync_linear = nn.Linear(2 * dim, dim)  # Eq. 15
+        self.global_attn = global_attn
+        if global_attn:
+            self.global_gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 2))
+        nn.init.xavier_uniform_(self.relation_vectors)
+
+    # ----- the two aggregations -------------------------------------------------------------
+    def homo(self, x, y, graph):
+        """Ho(X, Y): content attention inside each node type (block-diagonal), Eq. 12 and 14."""
+        vx = project_by_type(x, self.value, graph.type_slices)
+        vy = vx if y is x else project_by_type(y, self.value, graph.type_slices)
+        outputs = []
+        for start, end in graph.type_slices:
+            if end == start:
+                continue
+            v = vx[:, start:end]
+            rel = graph.relation[:, start:end, start:end].long()
+            weighted = v.unsqueeze(1) * self.relation_vectors[None, :, None, :]  # [B, 4, n, d]
+            scores = torch.matmul(weighted, v.unsqueeze(1).transpose(-1, -2))  # [B, 4, n, n]
+            scores = scores.gather(1, (rel - 1).clamp(0, REL_BI - 1).unsqueeze(1)).squeeze(1)
+            scores = F.leaky_relu(scores * self.scale, self.leaky_slope)
+            mask = (rel >= REL_SELF) & (rel <= REL_BI)
+            alpha = self.attn_dropout(masked_softmax(scores, mask))
+            outputs.append(torch.matmul(alpha, vy[:, start:end]))
+        return torch.cat(outputs, dim=1)
+
+    def hetero(self, x, y, graph):
+        """He(X, Y): key-value attention across node types, Eq. 13 and 14."""
+        q = project_by_type(x, self.query, graph.type_slices)
+        k = project_by_type(x, self.key, graph.type_slices)
+        v = project_by_type(y, self.value, graph.type_slices)
+        scores = torch.matmul(q, k.transpose(1, 2)) * self.scale
+        mask = (graph.relation == REL_SELF) | (graph.relation == REL_HETERO)
+        alpha = self.attn_dropout(masked_softmax(scores, mask))
+        return torch.matmul(alpha, v)
+
+    def global_attention(self, h, graph):
+        q = project_by_type(h, self.query, graph.type_slices)
+        k = project_by_type(h, self.key, graph.type_slices)
+        v = project_by_type(h, self.value, graph.type_slices)
+        weights = torch.tanh(torch.matmul(q, k.transpose(1, 2)) * self.scale) * graph.active[:, None, :]
+        return torch.matmul(self.attn_dropout(weights), v)
+
+    def gate_weights(self, first, second):
+        """beta [B, N, 2] of the update gate (Eq. 16)."""
+        if self.gate_kind == "concat":
+            return torch.softmax(self.gate(torch.cat([first, second], dim=-1)), dim=-1)
+        return torch.softmax(torch.cat([self.gate(first), self.gate(second)], dim=-1), dim=-1)
+
+    def forward(self, h, graph):
+        mode = self.mode
+        if mode == "ho":
+            out = self.homo(h, h, graph)
+        elif mode == "he":
+            out = self.hetero(h, h, graph)
+        elif mode == "sync":
+            out = self.sync_linear(torch.cat([self.homo(h, h, graph), self.hetero(h, h, graph)], dim=-1))
+        else:
+            hohe = heho = None
+            if mode in ("async", "hohe"):
+                a = self.homo(h, h, graph)
+                hohe = self.hetero(a, h if self.non_invasive else a, graph)
+            if mode in ("async", "heho"):
+                e = self.hetero(h, h, graph)
+                heho = self.homo(e, h if self.non_invasive else e, graph)
+            if mode == "async":
+                beta = self.gate_weights(hohe, heho)
+                out = beta[..., :1] * hohe + beta[..., 1:] * heho
+            else:
+                out = hohe if hohe is not None else heho
+        if self.global_attn:
+            g = self.global_attention(h, graph)
+            gamma = torch.softmax(self.global_gate(torch.cat([out, g], dim=-1)), dim=-1)
+            out = gamma[..., :1] * out + gamma[..., 1:] * g
+        return out
+
+
+class GraphAggregatorLayer(nn.Module):
+    """Type-agnostic baselines of Table 3 on the same graph (all edges and self-loops)."""
+
+    def __init__(self, dim, kind="gcn", n_relations=REL_HETERO, leaky_slope=0.1, attn_dropout=0.2):
+        super().__init__()
+        if kind not in AGGREGATORS[1:]:
+            raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {kind!r}")
+        self.kind, self.leaky_slope = kind, leaky_slope
+        self.weight = nn.Linear((2 if kind == "sage" else 1) * dim, dim, bias=False)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        if kind in ("gat", "rgat"):
+            rows = 1 if kind == "gat" else n_relations
+            self.attn_src = nn.Parameter(torch.empty(rows, dim))  # a = [a_src; a_dst] (Eq. 10)
+            self.attn_dst = nn.Parameter(torch.empty(rows, dim))
+            nn.init.xavier_uniform_(self.attn_src)
+            nn.init.xavier_uniform_(self.attn_dst)
+
+    def forward(self, h, graph):
+        rel = graph.relation.long()
+        adj = rel > 0  # every edge of the MSGraph, self-loops included
+        if self.kind == "gcn":  # Eq. 8, d(i, j) = 1 / sqrt(|N_i| |N_j|)
+            deg = adj.sum(-1).clamp(min=1).float()
+            norm = adj.float() / torch.sqrt(deg[:, :, None] * deg[:, None, :])
+            return F.relu(torch.matmul(norm, self.weight(h)))
+        if self.kind == "sage":  # mean of the neighbours (self excluded), concatenated with self
+            neighbours = adj & (rel != REL_SELF)
+            mean = torch.matmul(neighbours.float(), h) / neighbours.sum(-1, keepdim=True).clamp(min=1)
+            return F.relu(self.weight(torch.cat([h, mean], dim=-1)))
+        wh = self.weight(h)
+        src = torch.matmul(wh, self.attn_src.t())  # [B, N, rows]
+        dst = torch.matmul(wh, self.attn_dst.t())
+        if self.kind == "gat":  # Eq. 9-11
+            scores = src[:, :, :1] + dst[:, :, 0].unsqueeze(1)
+        else:  # RGAT: one attention vector per relation label
+            index = (rel - 1).clamp(min=0)
+            scores = src.gather(2, index) + dst.transpose(1, 2).unsqueeze(1).expand(-1, rel.shape[1], -1, -1) \
+                .gather(2, index.unsqueeze(2)).squeeze(2)
+        alpha = masked_softmax(F.leaky_relu(scores, self.leaky_slope), adj)
+        return F.relu(torch.matmul(self.attn_dropout(alpha), wh))

@@ -1,0 +1,117 @@
+"""MMSR modality codes (Hu et al., CIKM 2023, §4.1 "Node transformation and compositions").
+
+item feature -> z-score (statistics of the fit items) -> linear autoencoder (or PCA) to d dims
+-> k-means with c centres (``recbole_mm.graphs.codes``) -> every item with the feature linked to
+its top-k centres (cosine by default).  The centres, min-max scaled into +-1/sqrt(d) as in the
+official code, initialise the trainable code embeddings.
+
+Deviations from the official code (spec mmsr.md §1, bug B9): the autoencoder is linear (no
+Sigmoid), its best state is copied (not a live reference), and everything is fitted on the
+training items only by default.  Results are cached on disk with ``recbole_mm.graphs.cache``.
+"""
+import copy
+import math
+
+import torch
+from torch import nn
+
+from recbole_mm.graphs.cache import cached_tensor
+from recbole_mm.graphs.codes import modality_codes
+
+CODE_VERSION = 1
+
+
+def linear_autoencoder(features, fit_mask, dim, epochs, lr, seed, batch_size=256):
+    """Train Linear(D, dim) + Linear(dim, D) with MSE on the fit rows; return all rows encoded."""
+    generator = torch.Generator().manual_seed(int(seed))
+    fit_rows = features[fit_mask]
+    encoder = nn.Linear(features.shape[1], dim)
+    decoder = nn.Linear(dim, features.shape[1])
+    for layer in (encoder, decoder):  # seeded init independent of the global RNG
+        bound = 1.0 / math.sqrt(layer.in_features)
+        with torch.no_grad():
+            layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * 2 * bound - bound)
+            layer.bias.copy_(torch.rand(layer.bias.shape, generator=generator) * 2 * bound - bound)
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr)
+    best_loss, best_state = float("inf"), copy.deepcopy(encoder.state_dict())
+    with torch.enable_grad():
+        for _ in range(int(epochs)):
+            order = torch.randperm(fit_rows.shape[0], generator=generator)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                batch = fit_rows[order[start:start + batch_size]]
+                loss = ((decoder(encoder(batch)) - batch) ** 2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(batch)
+            if total < best_loss:
+                best_loss, best_state = total, copy.deepcopy(encoder.state_dict())
+    encoder.load_state_dict(best_state)
+    with torch.no_grad():
+        return encoder(features)
+
+
+def pca_reduce(features, fit_mask, dim):
+    """Project on the top principal directions of the fit rows (zero-padded to ``dim``)."""
+    fit_rows = features[fit_mask]
+    centred = fit_rows - fit_rows.mean(0)
+    _, _, vh = torch.linalg.svd(centred.double(), full_matrices=False)
+    components = vh[:dim].float()
+    sign = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
+    components = components * torch.where(sign == 0, torch.ones_like(sign), sign)  # deterministic signs
+    reduced = (features - fit_rows.mean(0)) @ components.t()
+    if reduced.shape[1] < dim:
+        reduced = torch.cat([reduced, reduced.new_zeros(reduced.shape[0], dim - reduced.shape[1])], dim=1)
+    return reduced
+
+
+def scale_centres(centres, dim):
+    """Min-max scale all entries into [-1/sqrt(d), 1/sqrt(d)] (official code initialisation)."""
+    bound = 1.0 / math.sqrt(dim)
+    low, high = centres.min(), centres.max()
+    if high - low <= 0:
+        return torch.zeros_like(centres)
+    return (centres - low) / (high - low) * 2 * bound - bound
+
+
+def fit_modality_codes(features, valid, fit_mask, dim, n_codes, top_k, reduce="ae", assign="cosine",
+                       ae_epochs=500, ae_lr=1e-3, seed=2023, cache_dir=None, cache_key=None):
+    """Codes of one modality.
+
+    Args:
+        features: float [n_items, D]; valid: bool [n_items] items that have the feature;
+        fit_mask: bool [n_items] items the reduction and k-means are fitted on (subset of valid).
+    Returns:
+        (centres float [c, dim] scaled for embedding init, item_codes long [n_items, k], -1 = none)
+    """
+    if reduce not in ("ae", "pca"):
+        raise ValueError(f"code_reduce must be 'ae' or 'pca', got {reduce!r}")
+    fit_mask = fit_mask & valid
+    if int(fit_mask.sum()) < n_codes:
+        raise ValueError(f"only {int(fit_mask.sum())} items can fit {n_codes} codes. Fix: lower code_num "
+                         "or set code_fit_items: all.")
+
+    def build():
+        x = features.float()
+        mean, std = x[fit_mask].mean(0), x[fit_mask].std(0).clamp(min=1e-8)
+        z = torch.where(valid[:, None], (x - mean) / std, torch.zeros_like(x))
+        if reduce == "ae":
+            reduced = linear_autoencoder(z, fit_mask, dim, ae_epochs, ae_lr, seed)
+        else:
+            reduced = pca_reduce(z, fit_mask, dim)
+        # a reduced row may be exactly zero by chance; keep presence from ``valid`` only
+        reduced = torch.where(valid[:, None] & (reduced.norm(dim=1, keepdim=True) == 0),
+                              torch.full_like(reduced, 1e-12), reduced)
+        centres, codes, _ = modality_codes(reduced, n_codes, top_k, seed, fit_mask=fit_mask,
+                                           valid_mask=valid, assign=assign)
+        return {"centres": scale_centres(centres, dim), "codes": codes}
+
+    if cache_dir is None or cache_key is None:
+        result = build()
+    else:
+        key = dict(cache_key, version=CODE_VERSION, dim=dim, n_codes=n_codes, top_k=top_k, reduce=reduce,
+                   assign=assign, ae_epochs=ae_epochs, ae_lr=ae_lr, seed=seed, fit=fit_mask, valid=valid)
+        result = cached_tensor(cache_dir, "mmsr_codes", key, build)
+    return result["centres"], result["codes"]

@@ -1,0 +1,145 @@
+"""Entry points mirroring ``recbole.quick_start``: ``run_recbole_mm``, ``objective_function``,
+``load_data_and_model``; plus ``create_dataset`` that picks the multimodal dataset class."""
+import logging
+import os
+import sys
+from logging import getLogger
+
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+from recbole.utils import ModelType, get_environment, init_logger, init_seed, set_color
+
+from recbole_mm import registry
+from recbole_mm.config import Config
+from recbole_mm.data.dataset import MultimodalSequentialDataset
+from recbole_mm.trainer import load_checkpoint
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The named dataset's files are absent; the message says what to put where."""
+
+
+def check_dataset_files(config):
+    """Raise :class:`DatasetNotFoundError` with instructions when the dataset files are absent."""
+    name = config["dataset"]
+    if name == "ml-100k":
+        return
+    data_path = config["data_path"]
+    inter = os.path.join(data_path, f"{name}.inter")
+    benchmark = config["benchmark_filename"]
+    if os.path.isfile(inter) or (
+        benchmark and all(os.path.isfile(os.path.join(data_path, f"{name}.{b}.inter")) for b in benchmark)
+    ):
+        return
+    root = config["mm_data_root"]
+    if name.lower() in registry.MMREC_DATASETS:
+        raise DatasetNotFoundError(
+            f"dataset '{name}' is not in {data_path}. It comes in MMRec format: put {name}.inter "
+            f"(userID itemID rating timestamp x_label), image_feat.npy and text_feat.npy into one folder SRC, then run "
+            f"`python -m recbole_mm.prepare mmrec --src SRC --name {name} --out {root}`, which writes "
+            f"{os.path.join(root, name)}/ in recbole_mm's format."
+        )
+    raise DatasetNotFoundError(
+        f"dataset '{name}' not found: expected {inter}. Fix: put RecBole atomic files there (or pass "
+        f"--data_path=FOLDER holding {name}/{name}.inter), or convert with `python -m recbole_mm.prepare` "
+        "(subcommands mmrec, unisrec). The embedded default dataset is ml-100k."
+    )
+
+
+def create_dataset(config):
+    """RecBole's ``create_dataset``, but sequential models (ours and RecBole's baselines alike)
+    get :class:`MultimodalSequentialDataset`, so filtering is identical across models."""
+    check_dataset_files(config)
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        return recbole_create_dataset(config)
+    save_path = config["dataset_save_path"]
+    if save_path and os.path.isfile(save_path):
+        dataset = load_checkpoint(save_path)
+        if isinstance(dataset, MultimodalSequentialDataset):
+            return dataset
+    dataset = MultimodalSequentialDataset(config)
+    if config["save_dataset"]:
+        dataset.save()
+    return dataset
+
+
+def _build_model(config, train_data):
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_class = registry.get_model(config["model"])
+    return model_class(config, train_data._dataset).to(config["device"])
+
+
+def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
+                   parse_argv=False, queue=None):
+    """Train and evaluate one model; returns RecBole's result dict
+    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)."""
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict, parse_argv=parse_argv)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = _build_model(config, train_data)
+    logger.info(model)
+
+    trainer = registry.get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    if not config["single_spec"]:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """Objective for hyper-parameter search (RecBole's signature; never parses argv)."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list, parse_argv=False)
+    init_seed(config["seed"], config["reproducibility"])
+    logging.basicConfig(level=logging.ERROR)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = _build_model(config, train_data)
+    trainer = registry.get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+def load_data_and_model(model_file):
+    """Load a recbole_mm (or RecBole) checkpoint: (config, model, dataset, train, valid, test)."""
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = _build_model(config, train_data)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

@@ -1,0 +1,100 @@
+"""Trainers: RecBole's Trainer with safe checkpoint loading, history masking and model hooks.
+
+* torch>=2.6 loads with ``weights_only=True`` by default, which rejects RecBole's own
+  checkpoints; we load our own files with ``weights_only=False`` (they are trusted: we wrote them).
+* ``mask_history_items: true`` removes every item the user interacted with before the target
+  (the target itself stays rankable) from full-sort evaluation; RecBole masks nothing but PAD
+  for sequential models, which stays the default.
+* Model hooks (all optional, see ``docs/architecture.md``): ``on_epoch_start(epoch)``,
+  ``on_train_step_end()``, ``on_eval_start()``, ``optimizer_param_groups()``.
+"""
+import torch
+from recbole.data.interaction import Interaction
+from recbole.trainer import Trainer
+
+from recbole_mm.data.dataset import TARGET_POSITION_FIELD
+
+
+def load_checkpoint(path, map_location=None):
+    """``torch.load`` for recbole_mm/RecBole checkpoints (trusted, pickled config inside)."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+class SafeLoadMixin:
+    """Checkpoint loading that works on torch>=2.6, plus optional history masking."""
+
+    def resume_checkpoint(self, resume_file):
+        original = torch.load
+        try:
+            torch.load = lambda *a, **k: original(*a, **{**k, "weights_only": False})
+            return super().resume_checkpoint(resume_file)
+        finally:
+            torch.load = original
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return None
+        if load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        self._eval_dataset = eval_data._dataset
+        if hasattr(self.model, "on_eval_start"):
+            self.model.on_eval_start()
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, history_index, positive_u, positive_i = batched_data
+        if (
+            self.config["mask_history_items"]
+            and history_index is None
+            and isinstance(interaction, Interaction)
+            and TARGET_POSITION_FIELD in interaction
+        ):
+            history_index = self._eval_dataset.history_before(
+                interaction[self.config["USER_ID_FIELD"]].cpu(), interaction[TARGET_POSITION_FIELD].cpu()
+            )
+            history_index = tuple(index.to(self.device) for index in history_index)
+        return super()._full_sort_batch_eval((interaction, history_index, positive_u, positive_i))
+
+
+_SAFE_CLASSES = {}
+
+
+def make_safe_trainer(trainer_class):
+    """Subclass of any RecBole trainer class with :class:`SafeLoadMixin` behaviour."""
+    if issubclass(trainer_class, SafeLoadMixin):
+        return trainer_class
+    if trainer_class not in _SAFE_CLASSES:
+        _SAFE_CLASSES[trainer_class] = type(f"Safe{trainer_class.__name__}", (SafeLoadMixin, trainer_class), {})
+    return _SAFE_CLASSES[trainer_class]
+
+
+class MMTrainer(SafeLoadMixin, Trainer):
+    """Default trainer of recbole_mm models: RecBole's loop plus the model hooks."""
+
+    def _build_optimizer(self, **kwargs):
+        if "params" not in kwargs and hasattr(self.model, "optimizer_param_groups"):
+            kwargs["params"] = self.model.optimizer_param_groups()
+        return super()._build_optimizer(**kwargs)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if hasattr(self.model, "on_epoch_start"):
+            self.model.on_epoch_start(epoch_idx)
+        if not hasattr(self.model, "on_train_step_end"):
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        optimizer_step = self.optimizer.step
+
+        def step_then_hook(*args, **kwargs):
+            result = optimizer_step(*args, **kwargs)
+            self.model.on_train_step_end()
+            return result
+
+        self.optimizer.step = step_then_hook
+        try:
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        finally:
+            del self.optimizer.step  # back to the class method

