@@ -7,7 +7,7 @@ break RecBole or Ray, and hyperopt 0.2.7+ breaks RecBole's exhaustive search.
 from setuptools import find_packages, setup
 
 CORE = [
-    "torch>=2.6,<=2.14.1",
+    "torch>=2.6",
     "recbole==1.2.1",
     "numpy<2",
     "pandas<3",
@@ -28,6 +28,8 @@ EXTRAS = {
     "test": ["pytest>=7"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# The CPU build checked on the project's machines; GPU users install their own torch>=2.6 instead.
+EXTRAS["cpu"] = ["torch==2.13.0"]
 
 setup(
     name="recbole_mm",

@@ -92,6 +92,13 @@ class Config(RecBoleConfig):
         if self.final_config_dict.get("mm_feature_path") is None:
             self.final_config_dict["mm_feature_path"] = os.path.join(data_root, self.dataset)
 
+    # distributed: gloo on CPU, nccl on GPU, torchrun's environment (recbole_mm/distributed.py)
+    def _init_device(self):
+        from recbole_mm.distributed import init_device
+
+        if not init_device(self.final_config_dict):
+            super()._init_device()
+
     # -------------------------------------------------------------- validation
     def _check_values(self):
         cfg = self.final_config_dict

@@ -23,6 +23,22 @@ def load_checkpoint(path, map_location=None):
 class SafeLoadMixin:
     """Checkpoint loading that works on torch>=2.6, plus optional history masking."""
 
+    # distributed: DDP without device_ids on CPU, rank 0's checkpoint name (recbole_mm/distributed.py)
+    def __init__(self, config, model):
+        from recbole_mm import distributed
+
+        with distributed.defer_ddp(config) as is_distributed:
+            super().__init__(config, model)
+        distributed.setup_trainer(self, is_distributed)
+
+    # distributed: no rank reads the checkpoint before rank 0 has written it
+    def _save_checkpoint(self, *args, **kwargs):
+        from recbole_mm.distributed import barrier
+
+        result = super()._save_checkpoint(*args, **kwargs)
+        barrier(self.config)
+        return result
+
     def resume_checkpoint(self, resume_file):
         original = torch.load
         try:

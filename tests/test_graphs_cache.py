@@ -78,9 +78,12 @@ def test_corrupt_or_foreign_file_is_rebuilt_with_warning(tmp_path, content):
 def test_build_killed_while_writing_leaves_no_corrupt_cache(tmp_path, monkeypatch):
     # A child process starts writing the cache and dies (os._exit) half-way through torch.save.
     script = textwrap.dedent(f"""
-        import os, sys, torch
-        sys.path.insert(0, {REPO!r})
-        from recbole_mm.graphs import cache
+        import importlib.util, os, torch
+        # load cache.py alone: importing the whole package (RecBole) would only slow this down
+        spec = importlib.util.spec_from_file_location(
+            "cache", os.path.join({REPO!r}, "recbole_mm", "graphs", "cache.py"))
+        cache = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cache)
         real_save = torch.save
         def dying_save(obj, f, *a, **kw):
             f.write(b"half a pickle")

@@ -146,18 +146,29 @@ def test_row_normalize_and_weighted_sum():
     assert torch.allclose(weighted_sum([None, b], [0.1, 0.9]).to_dense(), 0.9 * torch.eye(3))
 
 
-def test_approximate_mode_recall_and_full_rank_equals_exact():
+def test_approximate_mode_recall_exact_values_and_full_probe_equals_exact():
     g = torch.Generator().manual_seed(5)
     centres = torch.randn(20, 64, generator=g)
     x = centres[torch.randint(0, 20, (800,), generator=g)] + 0.6 * torch.randn(800, 64, generator=g)
-    exact, _ = topk_cosine(x, 10, chunk_size=100)
-    approx, _ = topk_cosine(x, 10, chunk_size=100, approx_dim=16, approx_candidates=80, seed=0)
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(exact, approx))
-    assert hits / exact.numel() >= 0.9
-    full, _ = topk_cosine(x, 10, approx_dim=64, approx_candidates=40)
-    same = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(exact, full))
-    assert same / exact.numel() >= 0.999
-    again, _ = topk_cosine(x, 10, chunk_size=100, approx_dim=16, approx_candidates=80, seed=0)
+    x[3] = 0.0  # a zero row stays out in both modes
+    exact, exact_val = topk_cosine(x, 10, chunk_size=100)
+    for mode in ("include", "exclude"):
+        ref, _ = topk_cosine(x, 10, include_self=mode)
+        approx, approx_val = topk_cosine(x, 10, include_self=mode, approx_dim=16, seed=0)
+        hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ref, approx))
+        assert hits / ref.numel() >= 0.95
+        assert torch.all(approx[3] == -1) and not (approx == 3).any()
+        if mode == "exclude":
+            assert not (approx == torch.arange(800).unsqueeze(1)).any()
+    # reported values are exact cosines of the reported neighbours
+    xn = normalize_rows(x)
+    assert torch.allclose(approx_val[5], (xn[5] * xn[approx[5]]).sum(1), atol=1e-5)
+    # probing every list scores every candidate: identical to exact (ties included)
+    full, _ = topk_cosine(x, 10, approx_dim=16, approx_probe=10**6)
+    assert torch.equal(full, exact)
+    s = sign_features(200, 16, seed=4)
+    assert torch.equal(topk_cosine(s, 6, approx_dim=4, approx_probe=10**6)[0], topk_cosine(s, 6)[0])
+    again, _ = topk_cosine(x, 10, include_self="exclude", approx_dim=16, seed=0)
     assert torch.equal(approx, again)
 
 

@@ -391,7 +391,7 @@ def test_user_token_is_h_u_and_keeps_all_items():
     ds = FakeDataset()
     model = build(ds, variant="U").eval()
     seen = {}
-    model.input_layer_norm.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    model.input_layer_norm.register_forward_hook(lambda m, args, out: seen.update(x=seen.get("x", args[0])))
     item_seq = torch.tensor([[3, 4, 5, 6, 7, 8], [2, 9, 0, 0, 0, 0]])
     users = torch.tensor([1, 2])
     h_user, h_item = model.graph_representations(model.ui_graph_full)
@@ -411,6 +411,7 @@ def test_pretrain_stage_two_freezes_graph_side():
     model.set_stage("graph")
     grads = grads_after_loss(model, ds.inter_feat)
     assert all(grads[n] is None for n in grads if n.startswith("encoder"))  # stage 1: BPR only
+    model.zero_grad(set_to_none=True)
     model.set_stage("head")
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     assert "user_embedding.weight" in frozen and "item_embedding.weight" in frozen

@@ -38,15 +38,24 @@ class MultimodalSequentialDataset(SequentialDataset):
     def __init__(self, config):
         super().__init__(config)
         if len(self.inter_feat) == 0:
-            raise DatasetError(
-                f"dataset '{config['dataset']}' has no usable sequences after filtering "
-                f"(user_inter_num_interval={config['user_inter_num_interval']}, "
-                f"item_inter_num_interval={config['item_inter_num_interval']}). "
-                "Fix: loosen the filters or check the .inter file."
-            )
+            self._raise_empty()
         self.split_name = "full"
-        self._add_target_positions()
+        self._user_sequence_ptr = None  # filled by data_augmentation() inside build()
         self._load_features(config)
+
+    def _raise_empty(self):
+        config = self.config
+        raise DatasetError(
+            f"dataset '{config['dataset']}' has no usable sequences after filtering "
+            f"(user_inter_num_interval={config['user_inter_num_interval']}, "
+            f"item_inter_num_interval={config['item_inter_num_interval']}, "
+            f"val_interval={config['val_interval']}). Fix: loosen the filters or check the .inter file."
+        )
+
+    def _reset_index(self):
+        if any(getattr(self, name).empty for name in self.feat_name_list):
+            self._raise_empty()
+        super()._reset_index()
 
     # ------------------------------------------------------------------ features
     def _load_features(self, config):
@@ -73,12 +82,13 @@ class MultimodalSequentialDataset(SequentialDataset):
         self._features_fingerprint = features_fingerprint(specs) if specs else "no-features"
 
     # ------------------------------------------------------------ sequences
+    def data_augmentation(self):
+        super().data_augmentation()
+        self._add_target_positions()
+
     def _add_target_positions(self):
         """Record, for every augmented row, the 0-based position of its target in the user's
         full time-ordered sequence, and keep each user's full sequence (for history masking)."""
-        if self.item_list_length_field not in self.inter_feat:  # benchmark files: no augmentation
-            self._user_sequence_ptr = None
-            return
         users = self.inter_feat[self.uid_field].numpy()
         targets = self.inter_feat[self.iid_field].numpy()
         starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]

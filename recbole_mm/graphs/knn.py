@@ -1,10 +1,12 @@
 """Item-item k-nearest-neighbour graphs by cosine similarity, computed in row chunks.
 
 Exact mode (default, the test reference)
-    Rows are L2-normalised (``x / max(||x||, eps)``), then for each chunk of ``b`` rows the
-    similarity block ``S = X_b X^T`` (``b x N``) is formed, invalid columns (and the diagonal
+    For each chunk of ``b`` rows the block ``S = X_b X^T`` (``b x N``) is formed and its
+    columns are scaled by ``1/max(||x_j||, eps)`` (this ranks every row exactly as the cosine
+    does; the row factor is applied to the k kept values). Invalid columns (and the diagonal
     when self is excluded) are set to ``-inf`` and the top-k is taken. Peak memory is
-    ``O(b N + N k)`` besides the features; the ``N x N`` matrix is never built.
+    ``O(b N + N k)`` besides the features, which are not copied (float32 input); the
+    ``N x N`` matrix is never built.
 
 Tie-breaking
     Equal similarities are ordered by the lower column index, always: candidates are sorted by
@@ -22,11 +24,14 @@ neighbours. Their rows in :func:`topk_cosine` hold index ``-1`` and value ``0``;
 :func:`knn_graph` they hold only a self loop (``invalid_rows='self_loop'``, MuSTRec) except
 the row ``pad_index`` (RecBole's PAD item 0), which stays empty.
 
-Approximate mode (``approx_dim=r``, optional, CPU speed-up)
-    Project the normalised rows onto their top-``r`` principal directions (seeded randomised
-    SVD), pick ``approx_candidates`` (default ``max(4k, 32)``) candidates per row by the
-    projected inner product, then re-rank those candidates with the exact cosine. Recall
-    against exact is measured in ``benchmarks/bench_knn.py``.
+Approximate mode (``approx_dim=r``, optional, CPU speed-up; exact stays the default)
+    Project the normalised rows onto their top-``r`` right singular vectors (seeded
+    randomised SVD), split the projections into ``n_lists ~ sqrt(N)`` k-means lists, and for
+    every list score its members *exactly* (full-dimensional cosine, one BLAS block) against
+    the members of the ``approx_probe`` lists whose centres are nearest; keep the top-k with
+    the same tie rule. Candidates come from the low-rank space, scores are exact, so a miss
+    can only drop a true neighbour, never misreport a value. Recall against exact is
+    measured in ``benchmarks/bench_knn.py``.
 """
 import math
 import warnings
@@ -99,23 +104,25 @@ def _valid_mask(features, valid_mask):
     return valid_mask & nonzero
 
 
-def _low_rank_basis(x_valid, rank, seed):
-    """Top-``rank`` right singular vectors of the (normalised, uncentred) rows, randomised SVD."""
+def _low_rank_basis(x_valid, rank, seed, max_rows=16384):
+    """Top-``rank`` right singular vectors of the normalised (uncentred) rows: randomised SVD
+    with one power iteration, on a seeded sample of at most ``max_rows`` rows."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     n, d = x_valid.shape
-    oversample = min(d, rank + 16)
-    omega = torch.randn(d, oversample, generator=gen).to(x_valid)
+    if n > max_rows:
+        pick = torch.randperm(n, generator=gen)[:max_rows].sort().values.to(x_valid.device)
+        x_valid = x_valid[pick]
+    width = min(d, rank + 16)
+    omega = torch.randn(d, width, generator=gen).to(x_valid)
     q, _ = torch.linalg.qr(x_valid @ omega)
-    for _ in range(2):  # power iterations sharpen the spectrum
-        q, _ = torch.linalg.qr(x_valid.T @ q)
-        q, _ = torch.linalg.qr(x_valid @ q)
-    b = q.T @ x_valid
-    _, _, vh = torch.linalg.svd(b, full_matrices=False)
+    q, _ = torch.linalg.qr(x_valid.T @ q)  # power iteration sharpens the spectrum
+    q, _ = torch.linalg.qr(x_valid @ q)
+    _, _, vh = torch.linalg.svd(q.T @ x_valid, full_matrices=False)
     return vh[:rank].T.contiguous()  # d x rank
 
 
 def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None,
-                approx_dim=None, approx_candidates=None, seed=0, progress=False):
+                approx_dim=None, approx_probe=None, seed=0, progress=False):
     """Exact (or optionally approximate) top-k cosine neighbours of every row.
 
     Args:
@@ -124,9 +131,10 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
         include_self: ``True``/``'include'``, ``False``/``'exclude'`` or ``'add'`` (as exclude).
         valid_mask: ``[N]`` bool, False rows are never neighbours and get no neighbours.
         chunk_size: rows per similarity block (default: a 256 MB block).
-        approx_dim: if set, use the low-rank candidate mode with this projection rank.
-        approx_candidates: candidates per row in approximate mode (default ``max(4k, 32)``).
-        seed: seed of the randomised SVD in approximate mode.
+        approx_dim: if set, use the approximate mode with this projection rank ``r``.
+        approx_probe: lists probed per query list in approximate mode
+            (default ``max(8, ceil(n_lists / 16))``).
+        seed: seed of the randomised SVD and k-means in approximate mode.
         progress: show a tqdm bar over chunks.
 
     Returns:
@@ -152,18 +160,22 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
     if k_eff == 0:
         return out_idx, out_val
 
-    x = normalize_rows(features)  # the one N x d copy
-    x[~valid] = 0.0
     rows = torch.nonzero(valid).flatten()
-    col_penalty = torch.zeros(n_items, device=device)
-    col_penalty[~valid] = float("-inf")
     if chunk_size is None:
         chunk_size = default_chunk_size(n_items)
     chunk_size = max(1, int(chunk_size))
-
     if approx_dim is not None:
-        return _topk_approx(x, rows, valid, k, k_eff, mode, chunk_size, approx_dim,
-                            approx_candidates, seed, out_idx, out_val, progress)
+        return _topk_approx(normalize_rows(features), rows, k_eff, mode, approx_dim,
+                            approx_probe, seed, out_idx, out_val, progress)
+
+    # No normalised copy of the features: S_ij = (x_i . x_j) / |x_j| ranks row i exactly like
+    # the cosine; the row factor 1/|x_i| is applied to the k kept values only.
+    x = features.float()
+    inv_norm = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)
+    inv_norm[~valid] = 0.0
+    col_penalty = torch.zeros(n_items, device=device)
+    col_penalty[~valid] = float("-inf")
+    contiguous = bool(valid.all())  # then row chunks are slices (views), not gathers
 
     starts = range(0, rows.numel(), chunk_size)
     if progress:
@@ -171,44 +183,66 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
         starts = tqdm(starts, desc="knn", unit="chunk")
     for start in starts:
         row_ids = rows[start:start + chunk_size]
-        sim = x[row_ids] @ x.T
-        sim += col_penalty
+        block = x[start:start + chunk_size] if contiguous else x[row_ids]
+        sim = block @ x.T
+        sim.mul_(inv_norm).add_(col_penalty)
         if mode != "include":
             sim[torch.arange(row_ids.numel(), device=device), row_ids] = float("-inf")
         values, indices = _exact_topk_block(sim, k_eff)
         out_idx[row_ids, :k_eff] = indices
-        out_val[row_ids, :k_eff] = values
+        out_val[row_ids, :k_eff] = values * inv_norm[row_ids].unsqueeze(1)
         del sim
     return out_idx, out_val
 
 
-def _topk_approx(x, rows, valid, k, k_eff, mode, chunk_size, rank, n_cand, seed,
-                 out_idx, out_val, progress):
+def _topk_approx(x, rows, k_eff, mode, rank, n_probe, seed, out_idx, out_val, progress,
+                 budget_bytes=256 * 2**20):
+    """Low-rank inverted-file search: cluster the rank-r projections (k-means, about sqrt(N)
+    lists), then score each list's members exactly against the members of its ``n_probe``
+    nearest lists (one BLAS block per list) and keep the top-k."""
+    from .codes import kmeans
+
     device = x.device
+    n_valid = rows.numel()
     rank = int(min(rank, x.shape[1]))
-    n_cand = int(min(max(n_cand or max(4 * k_eff, 32), k_eff), rows.numel()))
-    basis = _low_rank_basis(x[rows], rank, seed)
-    z = x @ basis  # N x r; invalid rows are zero
-    col_penalty = torch.zeros(x.shape[0], device=device)
-    col_penalty[~valid] = float("-inf")
-    starts = range(0, rows.numel(), chunk_size)
+    xv = x[rows]
+    z = xv @ _low_rank_basis(xv, rank, seed)
+    n_lists = int(max(1, min(n_valid, round(math.sqrt(n_valid)))))
+    if n_probe is None:
+        n_probe = max(8, math.ceil(n_lists / 16))
+    n_probe = int(min(max(1, n_probe), n_lists))
+    centres, labels = kmeans(z.cpu(), n_lists, seed=seed, iters=10)
+    labels = labels.to(device)
+    centre_dist = torch.cdist(centres, centres)
+    # nearest lists first, ties by lower list id (stable sort)
+    probes = torch.argsort(centre_dist, dim=1, stable=True)[:, :n_probe]
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels, minlength=n_lists).tolist()
+    members, offset = [], 0
+    for c in counts:
+        members.append(order[offset:offset + c])
+        offset += c
+    lists = range(n_lists)
     if progress:
         from tqdm import tqdm
-        starts = tqdm(starts, desc="knn-approx", unit="chunk")
-    for start in starts:
-        row_ids = rows[start:start + chunk_size]
-        approx = z[row_ids] @ z.T
-        approx += col_penalty
-        if mode != "include":
-            approx[torch.arange(row_ids.numel(), device=device), row_ids] = float("-inf")
-        else:  # make sure the item itself is a candidate (its exact cosine is 1)
-            approx[torch.arange(row_ids.numel(), device=device), row_ids] = float("inf")
-        _, cand = torch.topk(approx, n_cand, dim=1)
-        del approx
-        exact = torch.bmm(x[cand], x[row_ids].unsqueeze(2)).squeeze(2)  # b x n_cand
-        values, indices = _sort_by_value_then_index(exact, cand)
-        out_idx[row_ids, :k_eff] = indices[:, :k_eff]
-        out_val[row_ids, :k_eff] = values[:, :k_eff]
+        lists = tqdm(lists, desc="knn-approx", unit="list")
+    for c in lists:
+        queries = members[c]
+        if queries.numel() == 0:
+            continue
+        cand = torch.sort(torch.cat([members[int(p)] for p in probes[c]])).values
+        if cand.numel() < k_eff + (0 if mode == "include" else 1):
+            cand = torch.arange(n_valid, device=device)  # tiny lists: fall back to exact
+        cand_x = xv[cand]
+        step = max(1, budget_bytes // (4 * cand.numel()))
+        for s in range(0, queries.numel(), step):
+            q = queries[s:s + step]
+            sim = xv[q] @ cand_x.T
+            if mode != "include":
+                sim[q.unsqueeze(1) == cand.unsqueeze(0)] = float("-inf")
+            values, local = _exact_topk_block(sim, k_eff)
+            out_idx[rows[q], :k_eff] = rows[cand[local]]
+            out_val[rows[q], :k_eff] = values
     return out_idx, out_val
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from recbole_mm.model.layers.han_gnn import GraphAggregatorLayer, HANLayer
 from recbole_mm.model.layers.mmsr_codes import fit_modality_codes
-from recbole_mm.model.layers.msgraph import build_msgraph
+from recbole_mm.model.layers.msgraph import PackedGraph, build_msgraph, pack_graph
 
 
 class MMSRConfigError(ValueError):
@@ -66,6 +66,10 @@ class MMSR(SequentialRecommender):
         n_blocks = 1 + int(self.use_type_emb) + int(self.use_pos_emb)
         self.input_projection = nn.Linear(n_blocks * self.dim, self.dim, bias=False) if n_blocks > 1 else None
         aggregator = config["aggregator"] or "han"
+        backend = config["graph_backend"] or "sparse"
+        if backend not in ("sparse", "dense"):
+            raise MMSRConfigError(f"graph_backend must be sparse|dense, got {backend!r}.")
+        self.sparse = backend == "sparse" and aggregator == "han"  # baselines run dense
         n_types = 1 + len(self.modalities)
         self.layers = nn.ModuleList(
             HANLayer(self.dim, n_types, config["han_mode"], config["non_invasive"], config["gate"],
@@ -79,7 +83,9 @@ class MMSR(SequentialRecommender):
         self.loss_fct = nn.CrossEntropyLoss()
 
         centres = self._build_codes(config, dataset)
-        self._reset_parameters(centres if config["code_init"] != "random" else None)
+        if config["code_init"] not in ("centre", "random"):
+            raise MMSRConfigError(f"code_init must be centre|random, got {config['code_init']!r}.")
+        self._reset_parameters(centres if config["code_init"] == "centre" else None)
         self._eval_generator = None
 
     # ------------------------------------------------------------------ setup
@@ -141,6 +147,12 @@ class MMSR(SequentialRecommender):
             fit = present if train_items is None else present & train_items
             if self.missing_phase in ("both", "train"):
                 fit = fit & ~hidden  # hidden items never shape the codes they are hidden from
+            if self.missing_phase in ("both", "train") and bool((hidden == present).all()):
+                codes = torch.full((self.n_items, self.code_k), -1, dtype=torch.long)  # nothing left to fit
+                self.register_buffer(f"train_item_codes_{index}", codes)
+                self.register_buffer(f"eval_item_codes_{index}", codes.clone())
+                all_centres.append(None)
+                continue
             centres, codes = fit_modality_codes(
                 dataset.item_features[name], present, fit, self.dim, self.code_num, self.code_k,
                 reduce=config["code_reduce"], assign=config["code_assign"], ae_epochs=config["code_ae_epochs"],
@@ -162,7 +174,8 @@ class MMSR(SequentialRecommender):
                 parameter.uniform_(-bound, bound)
             self.item_embedding.weight[0].zero_()
             for table, rows in zip(self.code_embeddings, centres or []):
-                table.weight.copy_(rows)
+                if rows is not None:
+                    table.weight.copy_(rows)
 
     # ------------------------------------------------------------------ graph and layers
     def item_codes(self):
@@ -197,24 +210,31 @@ class MMSR(SequentialRecommender):
                              self.graph_layout, self.position_keep(item_seq))
 
     def node_input(self, graph):
-        """x_n = W_in [e_n; e_ty; e_po] (§4.2); inactive slots are zero."""
+        """x_n = W_in [e_n; e_ty; e_po] (§4.2), for a packed graph [P, d] or a dense one [B, N, d]."""
         parts = []
         for t, (start, end) in enumerate(graph.type_slices):
             table = self.item_embedding if t == 0 else self.code_embeddings[t - 1]
-            parts.append(table(graph.node_ids[:, start:end]))
-        blocks = [torch.cat(parts, dim=1)]
-        batch = blocks[0].shape[0]
+            parts.append(table(graph.node_ids[..., start:end]))
+        blocks = [torch.cat(parts, dim=-2)]
         if self.use_type_emb:
-            blocks.append(self.type_embedding(graph.node_type).unsqueeze(0).expand(batch, -1, -1))
+            sizes = torch.tensor([end - start for start, end in graph.type_slices], device=blocks[0].device)
+            types = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+            blocks.append(self.type_embedding(types).expand_as(blocks[0]))
         if self.use_pos_emb:
             positions = graph.positions
             table = self.position_embedding.weight[: positions.shape[-1]]
             blocks.append(torch.matmul(positions, table) / positions.sum(-1, keepdim=True).clamp(min=1))
         x = blocks[0] if self.input_projection is None else self.input_projection(torch.cat(blocks, dim=-1))
-        return x * graph.active.unsqueeze(-1)
+        return x if isinstance(graph, PackedGraph) else x * graph.active.unsqueeze(-1)
 
     def forward(self, item_seq, item_seq_len):
         graph = self.build_graph(item_seq, item_seq_len)
+        if self.sparse:  # active nodes only, edge lists
+            graph = pack_graph(graph)
+            hidden = self.node_input(graph)
+            for layer in self.layers:
+                hidden = self.hidden_dropout(layer(hidden, graph))
+            return hidden[graph.readout]
         hidden = self.node_input(graph)
         for layer in self.layers:
             hidden = self.hidden_dropout(layer(hidden, graph)) * graph.active.unsqueeze(-1)

@@ -32,7 +32,7 @@ from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
 from recbole_mm.model.layers.frequency_attention import (
-    FrequencyAttentionEncoder, attention_mask, init_head_weights, right_to_left_padding)
+    FrequencyAttentionEncoder, MaskDropout, attention_mask, init_head_weights, right_to_left_padding)
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
 
 try:  # the foundation's trainer (hooks, safe loading); plain RecBole before it exists
@@ -155,21 +155,19 @@ class MuSTRec(SequentialRecommender):
             with torch.no_grad():
                 table.weight[0].zero_()
 
-        # --- raw modality features and their projections (modal BPR terms only)
+        # --- raw modality features (the kNN graph reads them once; tables + W_m serve the modal BPR)
         self.modal_bpr = self.w_bpr > 0 and self.reg_weight > 0
         need_features = self.use_item_graph or self.modal_bpr
         self.modalities = list(dataset.modalities) if need_features else []
         if need_features and not self.modalities:
             raise ValueError("MuSTRec: the dataset has no modality features; set `multimodal_features` "
                              "in the dataset yaml, or run `variant: B` (no graphs, no features)")
-        self.feature_tables = nn.ModuleDict()
-        self.modal_projections = nn.ModuleDict()
-        for name in self.modalities:
+        self.feature_tables, self.modal_projections = nn.ModuleDict(), nn.ModuleDict()
+        for name in self.modalities if self.modal_bpr else []:
             feats = dataset.item_features[name].float()
             self.feature_tables[name] = nn.Embedding.from_pretrained(
                 feats.clone(), freeze=not config["train_raw_features"])
-            if self.modal_bpr:
-                self.modal_projections[name] = nn.Linear(feats.shape[1], self.embedding_size)
+            self.modal_projections[name] = nn.Linear(feats.shape[1], self.embedding_size)
 
         # --- graphs (training interactions only)
         inter = dataset.train_interaction_matrix().tocsr()
@@ -191,7 +189,7 @@ class MuSTRec(SequentialRecommender):
         positions = self.max_seq_length + (1 if self.user_token else 0)
         self.position_embedding = nn.Embedding(positions, self.hidden_size)
         self.input_layer_norm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
-        self.input_dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.input_dropout = MaskDropout(config["hidden_dropout_prob"])
         self.encoder = FrequencyAttentionEncoder(
             n_layers=config["n_layers"], hidden_size=self.hidden_size, n_heads=config["n_heads"],
             inner_size=config["inner_size"], hidden_dropout=config["hidden_dropout_prob"],

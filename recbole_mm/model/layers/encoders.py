@@ -85,9 +85,11 @@ def _get_path(root, path):
             else:
                 return None
         current = nxt
-    if len(current) == 1 and isinstance(current[0], (nn.ModuleList, nn.Sequential)):
-        return list(current[0].children())
-    return current
+    flat = []
+    for module in current:  # lists at the end of the path contribute their elements
+        is_list = isinstance(module, (nn.ModuleList, nn.Sequential))
+        flat.extend(module.children() if is_list else [module])
+    return flat
 
 
 def _homogeneous(module, minimum=2):
@@ -176,7 +178,8 @@ class EncoderTower(nn.Module):
     so the state_dict does not depend on the number of items.
     """
 
-    def __init__(self, model, n_finetune, block_path=None, cache_frozen=True, cache_device="cpu"):
+    def __init__(self, model, n_finetune, block_path=None, cache_frozen=True, cache_device="cpu",
+                 cache_dtype="float16"):
         super().__init__()
         self.model = model
         self.blocks = find_blocks(model, block_path)
@@ -184,6 +187,7 @@ class EncoderTower(nn.Module):
         self.n_frozen_params = freeze_bottom(model, self.blocks, n_finetune)
         self._frozen = frozen_modules(model)
         self.cache_device = torch.device(cache_device)
+        self.cache_dtype = getattr(torch, str(cache_dtype))
         self.cache_mode = self._choose_cache_mode() if cache_frozen else None
         self._cache, self._filled = None, None
         self.forward_calls = 0  # encoder runs on stored items (tests count them)
@@ -235,10 +239,10 @@ class EncoderTower(nn.Module):
             with torch.no_grad():
                 values = compute(missing.to(item_ids.device))
             if self._cache is None:
-                self._cache = torch.zeros((n_items,) + tuple(values.shape[1:]), dtype=torch.float16,
+                self._cache = torch.zeros((n_items,) + tuple(values.shape[1:]), dtype=self.cache_dtype,
                                           device=self.cache_device)
                 self._filled = torch.zeros(n_items, dtype=torch.bool, device=self.cache_device)
-            self._cache[missing] = values.to(self.cache_device, torch.float16)
+            self._cache[missing] = values.to(self.cache_device, self.cache_dtype)
             self._filled[missing] = True
         return self._cache[ids].to(item_ids.device, torch.float32)
 

@@ -26,10 +26,35 @@ import torch.nn.functional as F
 __all__ = [
     "FrequencyFilter", "MultiHeadSelfAttention", "PositionwiseFeedForward",
     "FrequencyAttentionBlock", "FrequencyAttentionEncoder", "attention_mask",
-    "right_to_left_padding", "init_head_weights",
+    "right_to_left_padding", "init_head_weights", "MaskDropout",
 ]
 
 MASK_VALUE = -10000.0
+
+
+class MaskDropout(nn.Module):
+    """Inverted dropout drawn with ``rand >= p``; same distribution as ``nn.Dropout``.
+
+    On CPU ``nn.Dropout`` (``bernoulli_``) is about 3x slower than a uniform draw and was
+    about half of the head's forward time; on GPU the fused ``F.dropout`` is used.
+    """
+
+    def __init__(self, p):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        if x.is_cuda:
+            return F.dropout(x, self.p, True)
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype)
+        return x * (keep * (1.0 / (1.0 - self.p)))
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
 
 def right_to_left_padding(item_seq, item_seq_len):
@@ -67,7 +92,7 @@ class FrequencyFilter(nn.Module):
         super().__init__()
         self.kept_bins = c // 2 + 1
         self.sqrt_beta = nn.Parameter(torch.randn(1, 1, hidden_size))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = MaskDropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def split(self, x):
@@ -98,8 +123,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.output = nn.Linear(hidden_size, hidden_size)
-        self.attn_dropout = nn.Dropout(attn_dropout)
-        self.out_dropout = nn.Dropout(hidden_dropout)
+        self.attn_dropout = MaskDropout(attn_dropout)
+        self.out_dropout = MaskDropout(hidden_dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def _heads(self, x):
@@ -126,7 +151,7 @@ class PositionwiseFeedForward(nn.Module):
         self.act = acts[hidden_act]
         self.dense_in = nn.Linear(hidden_size, inner_size)
         self.dense_out = nn.Linear(inner_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = MaskDropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
     def forward(self, x):

@@ -20,8 +20,11 @@
 Baseline aggregators of the paper's Table 3 that ignore node types (``GraphAggregatorLayer``):
 GCN (Eq. 8), GraphSAGE (mean), GAT (Eq. 9-11) and RGAT (one attention vector per relation label).
 
-Every layer takes ``h`` [B, N, d] and a ``MSGraphBatch`` and returns [B, N, d]; hidden dropout
-and zeroing of inactive nodes are done by the caller.
+``HANLayer`` runs on a dense ``MSGraphBatch`` (``h`` [B, N, d], masked [B, N, N] attention) or on a
+``PackedGraph`` (``h`` [P, d] over the active nodes only, edge lists with a segment softmax: the
+default, far cheaper since an MSGraph has O(N) edges).  The baselines run on the dense graph.
+Every layer returns the same shape as ``h``; hidden dropout and zeroing of inactive nodes are
+done by the caller.
 """
 from typing import List, Tuple
 
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .msgraph import REL_BI, REL_HETERO, REL_SELF
+from .msgraph import REL_BI, REL_HETERO, REL_SELF, PackedGraph
 
 HAN_MODES = ("async", "sync", "hohe", "heho", "ho", "he")
 AGGREGATORS = ("han", "gcn", "sage", "gat", "rgat")
@@ -44,9 +47,32 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def project_by_type(x: torch.Tensor, weights: nn.ModuleList, type_slices: List[Tuple[int, int]]) -> torch.Tensor:
-    """Apply weights[t] to the slots of node type t (slots are grouped by type)."""
-    parts = [weights[t](x[:, start:end]) for t, (start, end) in enumerate(type_slices)]
-    return torch.cat(parts, dim=1)
+    """Apply weights[t] to the nodes of type t (nodes are grouped by type along dim -2)."""
+    parts = [weights[t](x[..., start:end, :]) for t, (start, end) in enumerate(type_slices)]
+    return torch.cat(parts, dim=-2)
+
+
+def edge_softmax(scores: torch.Tensor, centre: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Softmax of edge scores over the edges of each centre node (every centre has a self-loop)."""
+    peak = torch.full((n_nodes,), float("-inf"), dtype=scores.dtype, device=scores.device)
+    peak = peak.scatter_reduce(0, centre, scores.detach(), "amax", include_self=True)
+    weights = torch.exp(scores - peak[centre])
+    total = torch.zeros(n_nodes, dtype=scores.dtype, device=scores.device).index_add(0, centre, weights)
+    return weights / total[centre]
+
+
+def edge_aggregate(alpha: torch.Tensor, edges: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """out_i = sum over edges (i, j) of alpha_ij * values_j."""
+    return torch.zeros_like(values).index_add(0, edges[0], alpha.unsqueeze(-1) * values[edges[1]])
+
+
+def to_dense(x: torch.Tensor, graph: PackedGraph) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Packed [P, d] -> dense [B, N, d] and its active mask [B, N]."""
+    dense = x.new_zeros(graph.batch_size, graph.n_slots, x.shape[-1])
+    dense[graph.node_batch, graph.node_slot] = x
+    active = torch.zeros(graph.batch_size, graph.n_slots, dtype=torch.bool, device=x.device)
+    active[graph.node_batch, graph.node_slot] = True
+    return dense, active
 
 
 class HANLayer(nn.Module):
@@ -81,6 +107,12 @@ class HANLayer(nn.Module):
         """Ho(X, Y): content attention inside each node type (block-diagonal), Eq. 12 and 14."""
         vx = project_by_type(x, self.value, graph.type_slices)
         vy = vx if y is x else project_by_type(y, self.value, graph.type_slices)
+        if isinstance(graph, PackedGraph):
+            centre, neighbour = graph.homo_edges
+            weighted = vx[centre] * self.relation_vectors[graph.homo_relation - 1]
+            scores = F.leaky_relu((weighted * vx[neighbour]).sum(-1) * self.scale, self.leaky_slope)
+            alpha = self.attn_dropout(edge_softmax(scores, centre, vx.shape[0]))
+            return edge_aggregate(alpha, graph.homo_edges, vy)
         outputs = []
         for start, end in graph.type_slices:
             if end == start:
@@ -101,6 +133,11 @@ class HANLayer(nn.Module):
         q = project_by_type(x, self.query, graph.type_slices)
         k = project_by_type(x, self.key, graph.type_slices)
         v = project_by_type(y, self.value, graph.type_slices)
+        if isinstance(graph, PackedGraph):
+            centre, neighbour = graph.hetero_edges
+            scores = (q[centre] * k[neighbour]).sum(-1) * self.scale
+            alpha = self.attn_dropout(edge_softmax(scores, centre, q.shape[0]))
+            return edge_aggregate(alpha, graph.hetero_edges, v)
         scores = torch.matmul(q, k.transpose(1, 2)) * self.scale
         mask = (graph.relation == REL_SELF) | (graph.relation == REL_HETERO)
         alpha = self.attn_dropout(masked_softmax(scores, mask))
@@ -110,8 +147,13 @@ class HANLayer(nn.Module):
         q = project_by_type(h, self.query, graph.type_slices)
         k = project_by_type(h, self.key, graph.type_slices)
         v = project_by_type(h, self.value, graph.type_slices)
-        weights = torch.tanh(torch.matmul(q, k.transpose(1, 2)) * self.scale) * graph.active[:, None, :]
-        return torch.matmul(self.attn_dropout(weights), v)
+        if isinstance(graph, PackedGraph):  # all node pairs of a graph: dense per graph
+            (q, active), (k, _), (v, _) = to_dense(q, graph), to_dense(k, graph), to_dense(v, graph)
+        else:
+            active = graph.active
+        weights = torch.tanh(torch.matmul(q, k.transpose(1, 2)) * self.scale) * active[:, None, :]
+        out = torch.matmul(self.attn_dropout(weights), v)
+        return out[graph.node_batch, graph.node_slot] if isinstance(graph, PackedGraph) else out
 
     def gate_weights(self, first, second):
         """beta [B, N, 2] of the update gate (Eq. 16)."""

@@ -189,3 +189,49 @@ def build_msgraph(
     node_ids = torch.where(active, node_ids, torch.zeros_like(node_ids))
     readout = item_slot.gather(1, (item_seq_len - 1).clamp(min=0)[:, None]).squeeze(1)
     return MSGraphBatch(relation, active, node_ids, type_slices, positions, readout)
+
+
+class PackedGraph(NamedTuple):
+    """The active nodes of a batch of MSGraphs in one flat array, with edge lists.
+
+    Nodes are ordered type-major (all item nodes of the batch, then the codes of modality 1, ...),
+    so ``type_slices`` are ranges of the flat array and per-type projections are slices.
+    Edges ``(centre, neighbour)`` index the flat array; softmax runs over the edges of a centre.
+    """
+    type_slices: List[Tuple[int, int]]
+    node_batch: torch.Tensor      # long [P]: graph of each node
+    node_slot: torch.Tensor       # long [P]: slot of each node in the dense layout
+    node_ids: torch.Tensor        # long [P]: item / code id
+    positions: torch.Tensor       # float [P, Lb]
+    homo_edges: torch.Tensor      # long [2, E_ho] (centre, neighbour), self-loops included
+    homo_relation: torch.Tensor   # long [E_ho]: REL_SELF .. REL_BI
+    hetero_edges: torch.Tensor    # long [2, E_he], self-loops included
+    readout: torch.Tensor         # long [B]: flat index of each sequence's last item
+    batch_size: int
+    n_slots: int
+
+
+def pack_graph(graph: MSGraphBatch) -> PackedGraph:
+    """Flatten the active nodes of ``graph`` (type-major) and list its edges."""
+    batch, n = graph.active.shape
+    device = graph.active.device
+    batches, slots, type_slices, count = [], [], [], 0
+    for start, end in graph.type_slices:
+        b, i = torch.nonzero(graph.active[:, start:end], as_tuple=True)
+        batches.append(b)
+        slots.append(i + start)
+        type_slices.append((count, count + len(b)))
+        count += len(b)
+    node_batch, node_slot = torch.cat(batches), torch.cat(slots)
+    flat = torch.full((batch, n), -1, dtype=torch.long, device=device)
+    flat[node_batch, node_slot] = torch.arange(count, device=device)
+    rel = graph.relation
+    b, i, j = torch.nonzero((rel >= REL_SELF) & (rel <= REL_BI), as_tuple=True)
+    homo_edges = torch.stack([flat[b, i], flat[b, j]])
+    homo_relation = rel[b, i, j].long()
+    b, i, j = torch.nonzero((rel == REL_SELF) | (rel == REL_HETERO), as_tuple=True)
+    hetero_edges = torch.stack([flat[b, i], flat[b, j]])
+    readout = flat[torch.arange(batch, device=device), graph.readout]
+    return PackedGraph(type_slices, node_batch, node_slot, graph.node_ids[node_batch, node_slot],
+                       graph.positions[node_batch, node_slot], homo_edges, homo_relation, hetero_edges,
+                       readout, batch, n)

@@ -1,0 +1,95 @@
+"""Time MMSR training epochs (and full-sort evaluation) through RecBole's trainer.
+
+    python benchmarks/bench_mmsr.py --data_path /tmp/sci2 --dataset scientific2 \
+        --modalities image text --epochs 2 --export /tmp/mmsr_official/data
+
+``--export DIR`` also writes the same training/test rows and the same modality codes in the
+official code's pickle format (``train.pkl``, ``test.pkl``: [sequences, image code lists,
+text code lists, targets]; ``codes.pkl``: centres and item->code lists, code ids offset by
+the item count as the official embedding table expects), so the official implementation can
+be timed on identical data (see docs/benchmarks/mmsr.md).
+"""
+import argparse
+import os
+import pickle
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from recbole.data import data_preparation  # noqa: E402
+from recbole.utils import init_seed  # noqa: E402
+
+from recbole_mm import registry  # noqa: E402
+from recbole_mm.config import Config  # noqa: E402
+from recbole_mm.quick_start import create_dataset  # noqa: E402
+
+
+def export_official(model, dataset_split, path, n_codes):
+    """Rows of one split as [sequences, image codes per position, text codes per position, targets]."""
+    inter = dataset_split.inter_feat
+    seqs, lens, targets = inter["item_id_list"], inter["item_length"], inter["item_id"]
+    tables = [model.eval_item_codes_0, model.eval_item_codes_1]
+    n_items = model.n_items
+    rows = [[], [], [], []]
+    for seq, length, target in zip(seqs.tolist(), lens.tolist(), targets.tolist()):
+        items = seq[:length]
+        rows[0].append(items)
+        for m, table in enumerate(tables):
+            offset = n_items + m * n_codes
+            rows[1 + m].append([[offset + c for c in table[i].tolist() if c >= 0] for i in items])
+        rows[3].append(target)
+    with open(path, "wb") as handle:
+        pickle.dump(rows, handle)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_path", default="../shared/datasets")
+    parser.add_argument("--dataset", default="scientific")
+    parser.add_argument("--modalities", nargs="+", default=["text"])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--max_len", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--export", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    features = {m: {"file": f"{m}_feat.npy"} for m in args.modalities}
+    config = Config(model="MMSR", dataset=args.dataset, parse_argv=False, config_dict=dict(
+        data_path=args.data_path, multimodal_features=features, load_col={"inter": ["user_id", "item_id", "timestamp"]},
+        train_batch_size=args.batch, eval_batch_size=args.batch, embedding_size=args.dim,
+        MAX_ITEM_LIST_LENGTH=args.max_len, epochs=args.epochs, show_progress=False, state="WARNING",
+        checkpoint_dir="/tmp/bench_mmsr_saved", graph_cache_dir="/tmp/bench_mmsr_cache"))
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    start = time.time()
+    model = registry.get_model("MMSR")(config, train_data._dataset).to(config["device"])
+    print(f"model + codes: {time.time() - start:.1f}s; training rows {len(train_data.dataset)}")
+    if args.export:
+        os.makedirs(args.export, exist_ok=True)
+        export_official(model, train_data.dataset, os.path.join(args.export, "train.pkl"), config["code_num"])
+        export_official(model, test_data.dataset, os.path.join(args.export, "test.pkl"), config["code_num"])
+        codes = {"centres": [t.weight.detach().numpy() for t in model.code_embeddings],
+                 "item_codes": [(model.eval_item_codes_0.clamp(min=0) + model.n_items).tolist(),
+                                (model.eval_item_codes_1.clamp(min=0) + model.n_items + config["code_num"]).tolist()],
+                 "n_items": model.n_items}
+        with open(os.path.join(args.export, "codes.pkl"), "wb") as handle:
+            pickle.dump(codes, handle)
+    trainer = registry.get_trainer(config["MODEL_TYPE"], "MMSR")(config, model)
+    for epoch in range(args.epochs):
+        start = time.time()
+        loss = trainer._train_epoch(train_data, epoch, show_progress=False)
+        train_time = time.time() - start
+        start = time.time()
+        result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        print(f"epoch {epoch}: train {train_time:.1f}s loss {float(loss):.2f}; "
+              f"test eval {time.time() - start:.1f}s {dict(result)}")
+
+
+if __name__ == "__main__":
+    main()

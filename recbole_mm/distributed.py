@@ -1,0 +1,217 @@
+"""Multi-process (DDP) training through RecBole's distributed path, on CPU (gloo) or GPU (nccl).
+
+Two ways to start it, both ending in :func:`recbole_mm.quick_start.run_recbole_mm` once per rank:
+
+* ``python run_recbole_mm.py --nproc=2 ...`` (or :func:`run_distributed`): RecBole's own scheme,
+  ``torch.multiprocessing.spawn`` with ``local_rank``/``world_size``/``ip``/``port``/``nproc``/
+  ``offset`` in the config dict and a ``tcp://ip:port`` rendezvous;
+* ``torchrun --nproc_per_node=N [--nnodes=M ...] run_recbole_mm.py ...``: torchrun's environment
+  (``LOCAL_RANK``, ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) is read by
+  :func:`init_device` and the process group starts with ``env://``.
+
+RecBole 1.2.1 only runs DDP with nccl on GPUs (``../shared/specs/recbole_plugin.md`` section 6).
+Four fixes make it run on CPU as well, applied by ``recbole_mm.config.Config._init_device`` and the
+trainer mixin in ``recbole_mm.trainer`` (lines marked ``# distributed:``):
+
+1. :func:`init_device`: gloo on CPU (nccl on CUDA, or ``dist_backend``), no GPU-count assertion,
+   ``torch.cuda.set_device`` only on GPU;
+2. :func:`wrap_ddp`: ``DistributedDataParallel`` without ``device_ids`` on CPU;
+3. :func:`broadcast_checkpoint_name`: rank 0's time-stamped checkpoint name used by every rank;
+4. :func:`barrier`: every rank waits after rank 0 saved a checkpoint before anyone reads it.
+
+Data: RecBole's loaders give each rank a ``DistributedSampler`` shard; the training batch is split
+(``train_batch_size`` is the global batch) and gradients are averaged, evaluation metrics are
+gathered from all ranks. See ``docs/scaling.md`` for measured agreement with one process.
+"""
+import contextlib
+import os
+import socket
+
+TORCHRUN_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedError(ValueError):
+    """A distributed setup that cannot work; the message says the fix."""
+
+
+def launched_by_torchrun(environ=None):
+    environ = os.environ if environ is None else environ
+    return all(name in environ for name in TORCHRUN_VARIABLES)
+
+
+def torchrun_settings(environ=None):
+    """Config values equivalent to RecBole's spawn keys, read from torchrun's environment."""
+    environ = os.environ if environ is None else environ
+    local_rank, rank = int(environ["LOCAL_RANK"]), int(environ["RANK"])
+    world_size = int(environ["WORLD_SIZE"])
+    return {"local_rank": local_rank, "world_size": world_size,
+            "nproc": int(environ.get("LOCAL_WORLD_SIZE", world_size)), "offset": rank - local_rank,
+            "ip": environ["MASTER_ADDR"], "port": environ["MASTER_PORT"], "dist_init_method": "env://"}
+
+
+def choose_backend(requested, use_cuda):
+    """``dist_backend`` (auto | gloo | nccl) → backend name; nccl needs CUDA."""
+    requested = (requested or "auto").lower()
+    if requested == "auto":
+        return "nccl" if use_cuda else "gloo"
+    if requested not in ("gloo", "nccl"):
+        raise DistributedError(f"config key 'dist_backend' must be auto, gloo or nccl, got '{requested}'.")
+    if requested == "nccl" and not use_cuda:
+        raise DistributedError("dist_backend nccl needs CUDA GPUs, and none is usable here (use_gpu, gpu_id, "
+                               "torch.cuda). Fix: dist_backend: gloo (or auto) for CPU training.")
+    return requested
+
+
+def init_device(config_dict):
+    """Distributed replacement of RecBole's ``Config._init_device``.
+
+    Returns False (nothing done) for a single-process run, so the caller falls back to RecBole's
+    own code; otherwise starts the process group once and fills ``device``, ``single_spec``.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if "local_rank" not in config_dict:
+        if not launched_by_torchrun():
+            return False
+        config_dict.update(torchrun_settings())
+    gpu_id = config_dict.get("gpu_id", "")
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id if gpu_id is not None else "")
+    config_dict["gpu_id"] = gpu_id
+    nproc = int(config_dict.get("nproc") or config_dict["world_size"])
+    if len([g for g in gpu_id.split(",") if g]) >= nproc:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id  # RecBole's behaviour when gpu_id names a GPU per rank
+    use_cuda = bool(config_dict.get("use_gpu", True)) and gpu_id != "" and torch.cuda.is_available()
+    backend = choose_backend(config_dict.get("dist_backend"), use_cuda)
+    local_rank = int(config_dict["local_rank"])
+    if backend == "nccl" and torch.cuda.device_count() <= local_rank:
+        raise DistributedError(f"rank {local_rank} needs GPU {local_rank} but {torch.cuda.device_count()} are "
+                               "visible. Fix: one GPU per process (gpu_id '0,1,...', fewer processes) or gloo.")
+    if not dist.is_initialized():
+        init_method = config_dict.get("dist_init_method") or f"tcp://{config_dict['ip']}:{config_dict['port']}"
+        dist.init_process_group(backend=backend, init_method=init_method,
+                                rank=local_rank + int(config_dict.get("offset") or 0),
+                                world_size=int(config_dict["world_size"]))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        config_dict["device"] = torch.device("cuda", local_rank)
+    else:
+        config_dict["device"] = torch.device("cpu")
+    config_dict["dist_backend"] = backend
+    config_dict["single_spec"] = False
+    if local_rank + int(config_dict.get("offset") or 0) != 0:  # as RecBole: only rank 0 talks
+        config_dict.update(state="error", show_progress=False, verbose=False)
+    return True
+
+
+def is_distributed(config):
+    return not config["single_spec"]
+
+
+@contextlib.contextmanager
+def defer_ddp(config):
+    """Hide the distributed flag while RecBole's trainer ``__init__`` runs (it would wrap DDP with
+    ``device_ids=[local_rank]``, which fails for CPU modules); :func:`wrap_ddp` does it after."""
+    distributed = is_distributed(config)
+    if distributed:
+        config["single_spec"] = True
+    try:
+        yield distributed
+    finally:
+        if distributed:
+            config["single_spec"] = False
+
+
+def wrap_ddp(trainer):
+    """RecBole's DDP wrapping, with ``device_ids`` only for CUDA modules (fix 2)."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    config = trainer.config
+    if config["device"].type == "cuda":
+        trainer.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trainer.model)
+        trainer.distributed_model = DistributedDataParallel(trainer.model, device_ids=[config["local_rank"]])
+    else:
+        trainer.distributed_model = DistributedDataParallel(trainer.model)
+
+
+def broadcast_checkpoint_name(trainer):
+    """Every rank uses rank 0's checkpoint file name (it holds a per-process time stamp; fix 3)."""
+    import torch.distributed as dist
+
+    holder = [trainer.saved_model_file]
+    dist.broadcast_object_list(holder, src=0)
+    trainer.saved_model_file = holder[0]
+
+
+def setup_trainer(trainer, distributed):
+    """Called at the end of the trainer mixin's ``__init__`` (fixes 2 and 3)."""
+    if distributed:
+        wrap_ddp(trainer)
+        if hasattr(trainer, "saved_model_file"):
+            broadcast_checkpoint_name(trainer)
+
+
+def barrier(config):
+    """Wait for every rank (fix 4: after rank 0 saved a checkpoint). No-op for one process."""
+    if is_distributed(config):
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ------------------------------------------------------------------ spawning
+def free_port(host="localhost"):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return str(sock.getsockname()[1])
+
+
+def _worker(local_rank, model, dataset, config_file_list, config_dict, saved, parse_argv, queue):
+    import torch
+
+    from recbole_mm.quick_start import run_recbole_mm
+
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(config_dict["nproc"])))
+    run_recbole_mm(model=model, dataset=dataset, config_file_list=config_file_list,
+                   config_dict={**config_dict, "local_rank": local_rank}, saved=saved, parse_argv=parse_argv,
+                   queue=queue)
+
+
+def run_distributed(model, dataset, config_file_list=None, nproc=2, config_dict=None, saved=True,
+                    parse_argv=False, world_size=-1, ip="localhost", port=None, group_offset=0):
+    """Train and evaluate with ``nproc`` processes on this machine (RecBole's ``run(nproc=...)``).
+
+    ``world_size``/``ip``/``port``/``group_offset`` span several machines the RecBole way (start
+    this on each with its own ``group_offset``); torchrun is the simpler way to do that. Returns
+    rank 0's result dict, like :func:`recbole_mm.quick_start.run_recbole_mm`.
+    """
+    import torch
+    import torch.multiprocessing as mp
+
+    from recbole_mm.config import Config
+    from recbole_mm.quick_start import check_dataset_files
+
+    if not isinstance(nproc, int) or nproc < 1:
+        raise DistributedError(f"nproc must be a positive integer, got {nproc!r}.")
+    if launched_by_torchrun():
+        raise DistributedError("already started by torchrun, which starts the processes itself. "
+                               "Fix: drop --nproc, or run without torchrun.")
+    # Fail here, once, on a bad config or missing data rather than in every child.
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict, parse_argv=parse_argv)
+    check_dataset_files(config)
+    use_cuda = config["device"].type == "cuda"
+    choose_backend(config["dist_backend"], use_cuda)
+    if use_cuda and torch.cuda.device_count() < nproc:
+        raise DistributedError(f"nccl needs one GPU per process: nproc={nproc} but {torch.cuda.device_count()} "
+                               "GPU(s) are visible. Fix: gpu_id naming one GPU per process (e.g. '0,1'), fewer processes, "
+                               "or use_gpu: False (gloo on CPU).")
+    world_size = nproc if world_size is None or world_size <= 0 else world_size
+    spawn_config = {**(config_dict or {}), "world_size": world_size, "ip": ip, "port": port or free_port(ip),
+                    "nproc": nproc, "offset": group_offset}
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_worker, args=(model, dataset, config_file_list, spawn_config, saved, parse_argv, queue),
+             nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()

@@ -1,0 +1,117 @@
+"""Shared helpers of the converters: atomic writes, input checks, manifests, progress bars."""
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+
+
+class PrepareError(ValueError):
+    """Bad input for a converter; the message names the file and the fix."""
+
+
+def progress(iterable=None, total=None, desc=None, enabled=True, unit="it"):
+    """A tqdm bar on stderr (silent when ``enabled`` is False or stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
+                disable=not enabled or None, leave=False)
+
+
+def _temp_near(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
+    return fd, tmp
+
+
+def atomic_write(path, writer, binary=False):
+    """Call ``writer(f)`` on a temp file next to ``path``, fsync, then ``os.replace`` it."""
+    fd, tmp = _temp_near(path)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8",
+                       newline=None if binary else "\n") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_save_npy(path, array):
+    atomic_write(path, lambda f: np.save(f, array), binary=True)
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text))
+
+
+def file_digest(path, chunk=1 << 20):
+    """SHA-1 of a file's bytes (identity of a source file in the manifest)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_name(command):
+    return f"prepare_manifest.{command}.json"
+
+
+def manifest_matches(out_dir, expected, command):
+    """True when ``out_dir`` holds a manifest equal to ``expected`` and all its outputs exist."""
+    path = os.path.join(out_dir, manifest_name(command))
+    try:
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if found.get("inputs") != expected.get("inputs"):
+        return False
+    return all(os.path.isfile(os.path.join(out_dir, name)) for name in found.get("outputs", []))
+
+
+def write_manifest(out_dir, manifest, command):
+    atomic_write_text(os.path.join(out_dir, manifest_name(command)),
+                      json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def require_file(path, what, fix):
+    if not os.path.isfile(path):
+        raise PrepareError(f"{what} not found: {path}. Fix: {fix}")
+    return path
+
+
+def load_feature_matrix(path, min_rows=None, name=None):
+    """Load a 2-D float ``.npy`` (float32 result) with one clear error per problem."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:  # noqa: BLE001
+        raise PrepareError(f"cannot read {path} as a .npy array ({err}). Fix: save it with numpy.save.") from None
+    if arr.ndim != 2:
+        raise PrepareError(f"{path} has shape {arr.shape}; expected [items, dim]. Fix: one row per item.")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise PrepareError(f"{path} has dtype {arr.dtype}; expected float. Fix: save it as float32.")
+    if min_rows is not None and arr.shape[0] < min_rows:
+        raise PrepareError(
+            f"{path} has {arr.shape[0]} rows but the interactions use item ids up to {min_rows - 1}. "
+            f"Fix: row i must hold the {name or 'feature'} of item i; use the feature file that belongs "
+            "to this .inter file.")
+    out = np.asarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise PrepareError(f"{path} contains NaN or infinite values. Fix: clean or recompute the features.")
+    return out
+
+
+def read_atomic_header(path):
+    """Field names (before ':') and full header entries of a RecBole atomic file."""
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").rstrip("\r").split("\t")
+    return [h.split(":")[0] for h in header], header

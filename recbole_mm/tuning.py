@@ -1,0 +1,478 @@
+"""Hyper-parameter search for recbole_mm and RecBole models with hyperopt or Ray Tune.
+
+The search space uses RecBole's ``.hyper`` format, one parameter a line::
+
+    learning_rate loguniform -8,0        # exp(uniform(-8, 0))
+    hidden_size choice [32,64]           # a Python literal list
+    dropout_prob uniform 0.1,0.5
+    n_layers quniform 1,3,1              # round(uniform(1, 3) / 1) * 1; integer bounds and step give ints
+
+Every trial is one ``recbole_mm.quick_start.objective_function`` run (train, select the best
+epoch on the validation split, evaluate it on test). Trials are ranked on the **validation**
+score (``valid_metric``); test metrics are recorded but never used for selection.
+
+Why not RecBole's ``HyperTuning`` / ``run_hyper.py --tool Ray`` as is (see
+``../shared/specs/recbole_plugin.md`` section 5): its Ray path asks one GPU per trial and waits
+for ever on a CPU machine, its objective reports test metrics, parses the Ray worker's argv into
+the config and fails on torch>=2.6 checkpoint loading. Here trials build
+``Config(parse_argv=False)`` with absolute paths (Ray runs a trial inside its own folder), request
+``cpus_per_trial`` / ``gpus_per_trial`` from the config, and report validation metrics.
+"""
+import ast
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+KINDS = ("choice", "uniform", "quniform", "loguniform")
+ALGOS = {"exhaustive": "exhaustive", "grid": "exhaustive", "random": "random", "tpe": "tpe", "bayes": "tpe"}
+# Config keys holding paths: made absolute in the driver so trials find them from any folder.
+PATH_KEYS = ("data_path", "mm_feature_path", "graph_cache_dir", "checkpoint_dir", "dataset_save_path",
+             "dataloaders_save_path")
+EXAMPLE = "e.g. 'learning_rate loguniform -8,0' or 'hidden_size choice [32,64]'"
+
+
+class SearchSpaceError(ValueError):
+    """A malformed search-space file; the message names the file, line and fix."""
+
+
+class TuningError(ValueError):
+    """A search that cannot run as asked (tool, algorithm, resources); the message says the fix."""
+
+
+class AllTrialsFailed(RuntimeError):
+    """Every trial raised; the results file still lists each error."""
+
+
+@dataclass
+class Param:
+    """One line of a ``.hyper`` file."""
+
+    name: str
+    kind: str
+    values: list = None  # choice
+    low: float = None
+    high: float = None
+    q: float = None  # quniform step
+
+    def integer_steps(self):
+        return self.kind == "quniform" and all(float(v).is_integer() for v in (self.low, self.high, self.q))
+
+
+# ------------------------------------------------------------------ search space
+def parse_search_space(path):
+    """Read a RecBole ``.hyper`` file into a list of :class:`Param`; blank lines and ``#``
+    comments are skipped, anything else malformed raises :class:`SearchSpaceError`."""
+    if not os.path.isfile(path):
+        raise SearchSpaceError(f"search-space file not found: {path}. Fix: pass --params_file=FILE "
+                               f"with one 'name type values' line per parameter ({EXAMPLE}).")
+    params = []
+    with open(path, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.split("#", 1)[0].strip()
+            if line:
+                params.append(_parse_line(line, f"{path}:{number}", {p.name for p in params}))
+    if not params:
+        raise SearchSpaceError(f"search-space file {path} defines no parameter. Fix: add lines like {EXAMPLE}.")
+    return params
+
+
+def _parse_line(line, where, seen):
+    parts = line.split()
+    if len(parts) < 3:
+        raise SearchSpaceError(f"{where}: '{line}' needs three fields 'name type values'; {EXAMPLE}.")
+    name, kind, value = parts[0], parts[1], "".join(parts[2:])
+    if kind not in KINDS:
+        raise SearchSpaceError(f"{where}: unknown type '{kind}' for '{name}'. Fix: use one of {', '.join(KINDS)}.")
+    if name in seen:
+        raise SearchSpaceError(f"{where}: parameter '{name}' is defined twice. Fix: keep one line per parameter.")
+    if kind == "choice":
+        try:
+            values = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            values = None
+        if not isinstance(values, (list, tuple)) or not values:
+            raise SearchSpaceError(f"{where}: choice values of '{name}' must be a non-empty Python list such as "
+                                   f"[32,64] or ['gelu','relu'], got '{value}'.")
+        return Param(name, kind, values=list(values))
+    numbers = value.split(",")
+    wanted = 3 if kind == "quniform" else 2
+    try:
+        numbers = [float(n) for n in numbers]
+    except ValueError:
+        numbers = []
+    if len(numbers) != wanted:
+        form = "low,high,step" if kind == "quniform" else "low,high"
+        raise SearchSpaceError(f"{where}: {kind} '{name}' takes {form} as numbers, got '{value}'.")
+    low, high = numbers[0], numbers[1]
+    if not low < high:
+        raise SearchSpaceError(f"{where}: {kind} '{name}' needs low < high, got {low} and {high}.")
+    if kind == "quniform" and numbers[2] <= 0:
+        raise SearchSpaceError(f"{where}: quniform '{name}' needs a positive step, got {numbers[2]}.")
+    return Param(name, kind, low=low, high=high, q=numbers[2] if kind == "quniform" else None)
+
+
+def grid_size(params):
+    """Number of configurations of an all-``choice`` space (exhaustive search)."""
+    continuous = [p.name for p in params if p.kind != "choice"]
+    if continuous:
+        raise SearchSpaceError(f"exhaustive search needs only 'choice' parameters; {', '.join(continuous)} "
+                               "are continuous. Fix: use --algo random or tpe, or make them choices.")
+    return math.prod(len(p.values) for p in params)
+
+
+def hyperopt_space(params):
+    from hyperopt import hp
+
+    space = {}
+    for p in params:
+        if p.kind == "choice":
+            space[p.name] = hp.choice(p.name, p.values)
+        elif p.kind == "uniform":
+            space[p.name] = hp.uniform(p.name, p.low, p.high)
+        elif p.kind == "quniform":
+            space[p.name] = hp.quniform(p.name, p.low, p.high, p.q)
+        else:
+            space[p.name] = hp.loguniform(p.name, p.low, p.high)
+    return space
+
+
+def ray_space(params, algo):
+    """Ray Tune's ``param_space``: grid search for exhaustive, sampled domains otherwise.
+    (``loguniform -8,0`` means exp(-8)..exp(0) as in hyperopt; Ray takes the bounds themselves.)"""
+    from ray import tune
+
+    space = {}
+    for p in params:
+        if p.kind == "choice":
+            space[p.name] = tune.grid_search(p.values) if algo == "exhaustive" else tune.choice(p.values)
+        elif p.kind == "uniform":
+            space[p.name] = tune.uniform(p.low, p.high)
+        elif p.kind == "quniform":
+            space[p.name] = tune.quniform(p.low, p.high, p.q)
+        else:
+            space[p.name] = tune.loguniform(math.exp(p.low), math.exp(p.high))
+    return space
+
+
+def clean_params(params, sampled):
+    """Plain Python values for the config: numpy scalars become int/float, integer quniform → int."""
+    cleaned = {}
+    for p in params:
+        value = sampled[p.name]
+        if hasattr(value, "item"):
+            value = value.item()
+        if p.integer_steps():
+            value = int(round(value))
+        cleaned[p.name] = value
+    return cleaned
+
+
+# ------------------------------------------------------------------ one trial
+@dataclass
+class TrialSetup:
+    """Everything a trial needs, with absolute paths (trials may run in another folder)."""
+
+    model: str
+    dataset: str
+    config_file_list: list
+    config_dict: dict
+    output_dir: str
+    saved: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def run_trial(setup, params, trial_id):
+    """Train and evaluate one configuration; returns a result record (never raises)."""
+    from recbole_mm.quick_start import objective_function
+
+    config_dict = {**setup.config_dict, **params, "model": setup.model, "dataset": setup.dataset}
+    # one folder per trial: concurrent trials would otherwise share time-stamped file names
+    config_dict["checkpoint_dir"] = os.path.join(setup.config_dict["checkpoint_dir"], str(trial_id))
+    start = time.time()
+    record = {"trial": trial_id, "params": params}
+    try:
+        result = objective_function(config_dict=config_dict, config_file_list=setup.config_file_list,
+                                    saved=setup.saved)
+    except Exception as err:  # noqa: BLE001 - a failed trial is recorded, the search goes on
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", seconds=time.time() - start)
+        return record
+    record.update(status="ok", error=None, seconds=round(time.time() - start, 2),
+                  valid_score=float(result["best_valid_score"]),
+                  valid={k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+                  test={k: float(v) for k, v in (result["test_result"] or {}).items()})
+    return record
+
+
+def prepare_setup(model, dataset, config_file_list=None, config_dict=None, output_dir="hyper_results",
+                  saved=True):
+    """Validate the fixed configuration once in the driver and pin every path to an absolute one.
+
+    Returns ``(setup, config)``; ``config`` is the driver's ``Config`` (valid metric, resources)."""
+    from recbole_mm.config import Config
+
+    config_file_list = [os.path.abspath(f) for f in config_file_list or []]
+    config_dict = dict(config_dict or {})
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                    config_dict=config_dict, parse_argv=False)
+    for key in PATH_KEYS:
+        given = config.external_config_dict.get(key)
+        if isinstance(given, str):
+            config_dict[key] = os.path.abspath(given)
+    # Defaults derived from the working directory ('dataset/'): pin them too.
+    config_dict.setdefault("data_path", os.path.abspath(config["mm_data_root"]))
+    config_dict.setdefault("checkpoint_dir", os.path.join(os.path.abspath(output_dir), "checkpoints"))
+    if isinstance(config["mm_feature_path"], str):
+        config_dict["mm_feature_path"] = os.path.abspath(config["mm_feature_path"])
+    setup = TrialSetup(model=config["model"], dataset=config["dataset"], config_file_list=config_file_list,
+                       config_dict=config_dict, output_dir=os.path.abspath(output_dir), saved=saved)
+    return setup, config
+
+
+# ------------------------------------------------------------------ drivers
+def run_hyperopt(setup, params, algo="tpe", max_evals=10, bigger=True, seed=2020, early_stop=None):
+    """Sequential search with hyperopt in this process; returns the list of trial records."""
+    import numpy as np
+    from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, rand, tpe
+    from recbole.trainer.hyper_tuning import exhaustive_search
+
+    records = []
+
+    def objective(sampled):
+        record = run_trial(setup, clean_params(params, sampled), trial_id=len(records))
+        records.append(record)
+        if record["status"] != "ok":
+            return {"status": STATUS_FAIL}
+        return {"status": STATUS_OK, "loss": -record["valid_score"] if bigger else record["valid_score"]}
+
+    if algo == "exhaustive":
+        max_evals = grid_size(params)
+        suggest = exhaustive_search
+    else:
+        suggest = rand.suggest if algo == "random" else tpe.suggest
+    kwargs = {}
+    if early_stop:
+        from hyperopt.early_stop import no_progress_loss
+
+        kwargs["early_stop_fn"] = no_progress_loss(early_stop)
+    import hyperopt
+
+    new_rng = tuple(int(x) for x in hyperopt.__version__.split(".")[:3]) >= (0, 2, 7)
+    rstate = np.random.default_rng(seed) if new_rng else np.random.RandomState(seed)
+    fmin(objective, hyperopt_space(params), algo=suggest, max_evals=max_evals, trials=Trials(),
+         rstate=rstate, show_progressbar=False, return_argmin=False, **kwargs)
+    return records
+
+
+def _ray_trial(sampled, setup, params):
+    """Ray Tune function trainable: one trial, reported once with valid_* and test_* metrics."""
+    import ray
+    from ray.air import session
+
+    import torch
+
+    cpus = setup.extra.get("cpus_per_trial", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    config_dict = dict(setup.config_dict)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    # RecBole's Config exports gpu_id as CUDA_VISIBLE_DEVICES: keep the GPUs Ray gave this trial.
+    config_dict["gpu_id"] = ",".join(gpu_ids)
+    config_dict["use_gpu"] = bool(gpu_ids)
+    trial_setup = TrialSetup(**{**setup.__dict__, "config_dict": config_dict})
+    record = run_trial(trial_setup, clean_params(params, sampled), trial_id=session.get_trial_id())
+    report = {"status_ok": record["status"] == "ok", "error": record["error"] or "", "seconds": record["seconds"]}
+    if record["status"] == "ok":
+        report["valid_score"] = record["valid_score"]
+        report.update({f"valid_{k}": v for k, v in record["valid"].items()})
+        report.update({f"test_{k}": v for k, v in record["test"].items()})
+    session.report(report)
+
+
+def run_ray(setup, params, algo="random", max_evals=10, bigger=True, seed=2020, cpus_per_trial=1,
+            gpus_per_trial=0, address=None, max_concurrent=None, verbose=0):
+    """Parallel search with Ray Tune on a local or existing (``address``) Ray cluster."""
+    import ray
+    from ray import air, tune
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose > 0,
+                 runtime_env={"env_vars": {"PYTHONPATH": python_path}})
+    try:
+        _check_cluster(ray.cluster_resources(), cpus_per_trial, gpus_per_trial, attached=address is not None)
+        mode = "max" if bigger else "min"
+        search_alg, num_samples = None, max_evals
+        if algo == "exhaustive":
+            num_samples = 1  # grid_search expands to every point
+        elif algo == "tpe":
+            from ray.tune.search.hyperopt import HyperOptSearch
+
+            search_alg = HyperOptSearch(hyperopt_space(params), metric="valid_score", mode=mode,
+                                        random_state_seed=seed)
+        if max_concurrent and search_alg is not None:
+            from ray.tune.search import ConcurrencyLimiter
+
+            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=max_concurrent)
+        setup.extra["cpus_per_trial"] = cpus_per_trial
+        trainable = tune.with_resources(tune.with_parameters(_ray_trial, setup=setup, params=params),
+                                        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            param_space=ray_space(params, algo) if search_alg is None else {},
+            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=num_samples,
+                                        max_concurrent_trials=max_concurrent if search_alg is None else None),
+            run_config=air.RunConfig(name=f"{setup.model}-{setup.dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                     storage_path=os.path.join(setup.output_dir, "ray"), verbose=verbose),
+        )
+        grid = tuner.fit()
+        records = []
+        for index, result in enumerate(grid):
+            metrics = result.metrics or {}
+            record = {"trial": metrics.get("trial_id", index), "params": clean_params(params, result.config)}
+            if result.error is not None or not metrics.get("status_ok"):
+                error = metrics.get("error") or f"{type(result.error).__name__}: {result.error}"
+                record.update(status="failed", error=error, seconds=metrics.get("seconds"))
+            else:
+                record.update(
+                    status="ok", error=None, seconds=metrics["seconds"], valid_score=metrics["valid_score"],
+                    valid={k[6:]: v for k, v in metrics.items() if k.startswith("valid_") and k != "valid_score"},
+                    test={k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
+                )
+            records.append(record)
+        return records
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _check_cluster(resources, cpus, gpus, attached):
+    """Refuse requests the cluster can never meet (Ray would leave the trials PENDING for ever)."""
+    if cpus <= 0 or gpus < 0:
+        raise TuningError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, got {cpus} and {gpus}.")
+    have_cpu, have_gpu = resources.get("CPU", 0), resources.get("GPU", 0)
+    if attached:
+        return  # an autoscaling cluster may add nodes; Ray warns about infeasible trials itself
+    if gpus > have_gpu:
+        raise TuningError(f"gpus_per_trial={gpus} but this Ray cluster has {have_gpu:g} GPU(s); trials would wait "
+                          "for ever. Fix: --gpus_per_trial=0 on a CPU machine, or attach with --ray_address.")
+    if cpus > have_cpu:
+        raise TuningError(f"cpus_per_trial={cpus} but this Ray cluster has {have_cpu:g} CPU(s). "
+                          f"Fix: --cpus_per_trial={int(have_cpu) or 1} or less.")
+
+
+# ------------------------------------------------------------------ results
+def best_record(records, bigger=True):
+    ok = [r for r in records if r["status"] == "ok"]
+    if not ok:
+        return None
+    return (max if bigger else min)(ok, key=lambda r: r["valid_score"])
+
+
+def summarize(records, setup, config, tool, algo, params_file):
+    bigger = bool(config["valid_metric_bigger"])
+    best = best_record(records, bigger)
+    return {
+        "model": setup.model, "dataset": setup.dataset, "tool": tool, "algo": algo,
+        "params_file": os.path.abspath(params_file), "config_files": setup.config_file_list,
+        "valid_metric": config["valid_metric"].lower(), "mode": "max" if bigger else "min",
+        "n_trials": len(records), "n_failed": sum(r["status"] != "ok" for r in records),
+        "best": None if best is None else {k: best[k] for k in ("trial", "params", "valid_score", "valid", "test")},
+        "trials": records,
+    }
+
+
+def format_table(summary):
+    """Markdown table of every trial (validation score used for selection, test for reference)
+    followed by the best trial's full valid/test metrics."""
+    metric = summary["valid_metric"]
+    names = sorted({k for r in summary["trials"] for k in r["params"]})
+    best_trial = summary["best"]["trial"] if summary["best"] else None
+    header = ["trial"] + names + [f"valid {metric}", f"test {metric}", "seconds", "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in summary["trials"]:
+        values = [_fmt(r["params"].get(n)) for n in names]
+        ok = r["status"] == "ok"
+        mark = " *" if r["trial"] == best_trial else ""
+        lines.append("| " + " | ".join([f"{r['trial']}{mark}"] + values + [
+            _fmt(r.get("valid_score")) if ok else "-", _fmt(r["test"].get(metric)) if ok else "-",
+            _fmt(r.get("seconds")), "ok" if ok else f"failed: {r['error']}"]) + " |")
+    lines.append("")
+    if summary["best"]:
+        best = summary["best"]
+        lines.append(f"best trial (*) on valid {metric}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items()))
+        lines.append("")
+        lines.append("| metric | valid | test |")
+        lines.append("|---|---|---|")
+        for key in best["test"]:
+            lines.append(f"| {key} | {_fmt(best['valid'].get(key))} | {_fmt(best['test'][key])} |")
+    else:
+        lines.append("every trial failed; see the status column.")
+    return "\n".join(lines)
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}".rstrip("0").rstrip(".")
+    return "" if value is None else str(value)
+
+
+def write_results(summary, output_file):
+    """Write ``output_file`` (JSON) and the same name with ``.md`` (the table)."""
+    folder = os.path.dirname(os.path.abspath(output_file))
+    os.makedirs(folder, exist_ok=True)
+    with open(output_file, "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2, default=str)
+    table_file = os.path.splitext(os.path.abspath(output_file))[0] + ".md"
+    with open(table_file, "w", encoding="utf-8") as handle:
+        handle.write(f"# {summary['model']} on {summary['dataset']}: {summary['tool']} / {summary['algo']}\n\n")
+        handle.write(format_table(summary) + "\n")
+    return table_file
+
+
+def run_search(model, dataset, params_file, config_file_list=None, config_dict=None, tool="hyperopt", algo="tpe",
+               max_evals=None, output_file=None, ray_address=None, max_concurrent=None, early_stop=None, verbose=0):
+    """Run a search and write the results; returns the summary dict (see :func:`summarize`).
+
+    Trial resources come from the config keys ``cpus_per_trial`` (default 1) and
+    ``gpus_per_trial`` (default 1 when CUDA is usable, else 0); they matter for ``tool='ray'``.
+    """
+    tool = tool.lower()
+    if tool not in ("hyperopt", "ray"):
+        raise TuningError(f"unknown --tool '{tool}'. Fix: use hyperopt or ray.")
+    if algo.lower() not in ALGOS:
+        raise TuningError(f"unknown --algo '{algo}'. Fix: use one of {', '.join(ALGOS)}.")
+    algo = ALGOS[algo.lower()]
+    params = parse_search_space(params_file)
+    if algo == "exhaustive":  # the whole grid, in both tools
+        if max_evals and max_evals < grid_size(params):
+            raise SearchSpaceError(f"the grid of {params_file} has {grid_size(params)} points but --max_evals is "
+                                   f"{max_evals}. Fix: drop --max_evals or use --algo random.")
+        max_evals = grid_size(params)
+    max_evals = max_evals or 10
+    output_file = output_file or os.path.join(
+        "hyper_results", f"{model}-{dataset}-{tool}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    output_dir = os.path.splitext(os.path.abspath(output_file))[0]
+    setup, config = prepare_setup(model, dataset, config_file_list, config_dict, output_dir=output_dir)
+    bigger = bool(config["valid_metric_bigger"])
+    seed = config["seed"]
+    if tool == "hyperopt":
+        records = run_hyperopt(setup, params, algo, max_evals, bigger, seed, early_stop)
+    else:
+        import torch
+
+        cpus = config["cpus_per_trial"] if config["cpus_per_trial"] is not None else 1
+        gpus = config["gpus_per_trial"]
+        if gpus is None:
+            gpus = 1 if (torch.cuda.is_available() and config["use_gpu"]) else 0
+        records = run_ray(setup, params, algo, max_evals, bigger, seed, cpus, gpus, ray_address, max_concurrent,
+                          verbose)
+    summary = summarize(records, setup, config, tool, algo, params_file)
+    summary["table_file"] = write_results(summary, output_file)
+    summary["output_file"] = os.path.abspath(output_file)
+    if summary["best"] is None:
+        first = records[0]["error"] if records else "no trial ran"
+        raise AllTrialsFailed(f"every trial failed (results in {output_file}); first error: {first}")
+    return summary
