@@ -55,6 +55,7 @@ def main():
     parser.add_argument("--max_len", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default="sparse", choices=["sparse", "dense"])
     parser.add_argument("--export", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,7 +64,7 @@ def main():
         data_path=args.data_path, multimodal_features=features, load_col={"inter": ["user_id", "item_id", "timestamp"]},
         train_batch_size=args.batch, eval_batch_size=args.batch, embedding_size=args.dim,
         MAX_ITEM_LIST_LENGTH=args.max_len, epochs=args.epochs, show_progress=False, state="WARNING",
-        checkpoint_dir="/tmp/bench_mmsr_saved", graph_cache_dir="/tmp/bench_mmsr_cache"))
+        checkpoint_dir="/tmp/bench_mmsr_saved", graph_cache_dir="/tmp/bench_mmsr_cache", graph_backend=args.backend))
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)

@@ -2,6 +2,7 @@
 ``load_data_and_model``; plus ``create_dataset`` that picks the multimodal dataset class."""
 import logging
 import os
+import pickle
 import sys
 from logging import getLogger
 
@@ -52,14 +53,41 @@ def create_dataset(config):
     check_dataset_files(config)
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         return recbole_create_dataset(config)
-    save_path = config["dataset_save_path"]
-    if save_path and os.path.isfile(save_path):
-        dataset = load_checkpoint(save_path)
-        if isinstance(dataset, MultimodalSequentialDataset):
-            return dataset
+    cached = _load_saved_dataset(config)
+    if cached is not None:
+        return cached
     dataset = MultimodalSequentialDataset(config)
     if config["save_dataset"]:
         dataset.save()
+    return dataset
+
+
+def _load_saved_dataset(config):
+    """RecBole's filtered-dataset cache (``save_dataset`` / ``dataset_save_path``), also
+    invalidated when a feature file changed on disk (size or mtime) since it was saved."""
+    from recbole.utils.argument_list import dataset_arguments
+
+    from recbole_mm.data.features import features_fingerprint, parse_feature_specs
+
+    default_file = os.path.join(config["checkpoint_dir"], f"{config['dataset']}-MultimodalSequentialDataset.pth")
+    path = config["dataset_save_path"] or default_file
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        dataset = pickle.load(handle)
+    if not isinstance(dataset, MultimodalSequentialDataset):
+        return None
+    if any(config[arg] != dataset.config[arg] for arg in dataset_arguments + ["seed", "repeatable"]):
+        return None
+    try:
+        specs = parse_feature_specs(config["multimodal_features"], config["mm_feature_path"], config["mm_modalities"])
+        current = features_fingerprint(specs) if specs else "no-features"
+    except (OSError, ValueError):
+        return None
+    if current != dataset._features_fingerprint:
+        getLogger().warning(f"feature files changed since {path} was saved: rebuilding the dataset")
+        return None
+    getLogger().info(f"Load filtered dataset from: [{path}]")
     return dataset
 
 

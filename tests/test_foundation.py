@@ -323,3 +323,51 @@ def test_scientific_loads_with_expected_counts(tmp_path, in_tmp, scientific_dir)
     raw = np.load(os.path.join(scientific_dir, "text_feat.npy"))
     tokens = dataset.field2id_token[dataset.iid_field]
     np.testing.assert_array_equal(dataset.item_features["text"][7].numpy(), raw[int(tokens[7])])
+
+
+def test_dataset_save_and_reload_keeps_features_and_detects_stale_files(tmp_path, in_tmp):
+    info = write_tiny_dataset(str(tmp_path / "data"))
+    config, dataset, *_ = load(info, tmp_path, save_dataset=True)
+    saved = tmp_path / "saved" / "tiny-MultimodalSequentialDataset.pth"
+    assert saved.is_file()
+    config2 = tiny_config(info, tmp_path)
+    reloaded = create_dataset(config2)
+    assert reloaded is not dataset and torch.equal(reloaded.item_features["text"], dataset.item_features["text"])
+    assert reloaded.field2id_token[reloaded.iid_field].tolist() == dataset.field2id_token[dataset.iid_field].tolist()
+    # replace a feature file under the same name: the saved dataset must not be reused
+    path = os.path.join(info["folder"], "text_feat.npy")
+    np.save(path, np.load(path) * 2 + 1)
+    os.utime(path, (1, 1))
+    fresh = create_dataset(tiny_config(info, tmp_path))
+    assert torch.allclose(fresh.item_features["text"][1:], dataset.item_features["text"][1:] * 2 + 1)
+
+
+def test_ml100k_feature_cache_is_reused_and_rebuilt_on_change(tmp_path, monkeypatch):
+    import shutil
+
+    import recbole
+
+    from recbole_mm.data import default
+
+    calls = []
+
+    def fake_encode(texts, batch_size=128):
+        calls.append(len(texts))
+        return np.tile(np.linspace(0.1, 1.0, 384, dtype=np.float32), (len(texts), 1))
+
+    monkeypatch.setattr(default, "encode_texts", fake_encode)
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(recbole.__file__), "dataset_example", "ml-100k", "ml-100k.item"), source)
+    out = tmp_path / "features"
+    default.build_ml100k_features({"data_path": str(source)}, str(out))
+    first = (out / "text_feat.npy").stat().st_mtime_ns
+    default.build_ml100k_features({"data_path": str(source)}, str(out))
+    assert calls == [1682] and (out / "text_feat.npy").stat().st_mtime_ns == first  # reused
+    genre = np.load(out / "genre_feat.npy")
+    ids = (out / "item_ids.txt").read_text().split()
+    assert genre.shape == (1682, 19) and ids[0] == "1" and genre[0].sum() == 3  # Toy Story: 3 genres
+    with open(source / "ml-100k.item", "a") as handle:
+        handle.write("1683\tNew Movie\t1998\tDrama\n")
+    default.build_ml100k_features({"data_path": str(source)}, str(out))
+    assert calls == [1682, 1683] and np.load(out / "text_feat.npy").shape == (1683, 384)

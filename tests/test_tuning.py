@@ -72,10 +72,10 @@ def test_run_hyper_cli_bad_space_exits_2(tmp_path, capsys, monkeypatch):
     sys.path.insert(0, REPO_ROOT)
     import run_hyper
 
-    path = write(tmp_path, "learning_rate loguniform -8,0\n")
+    path = write(tmp_path, "learning_rate log_uniform -8,0\n")
     assert run_hyper.main(["--model=SASRec", f"--params_file={path}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "space.hyper:1: unknown type 'loguniform'" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "space.hyper:1: unknown type 'log_uniform'" in err and "Traceback" not in err
     assert run_hyper.main(["--params_file=" + write(tmp_path, "lr uniform 0,1\n", "c.hyper"), "--algo=exhaustive"]) == 2
     assert "exhaustive search needs only 'choice'" in capsys.readouterr().err
 
@@ -91,7 +91,7 @@ def test_hyperopt_and_ray_spaces_sample_inside_the_bounds(tmp_path):
     for seed in range(20):
         import numpy as np
 
-        for drawn in (sample(space, rng=np.random.default_rng(seed)),
+        for drawn in (sample(space, rng=np.random.RandomState(seed)),
                       {k: v.sample() for k, v in ray.items()}):
             values = tuning.clean_params(params, drawn)
             assert math.exp(-9.2) - 1e-12 <= values["lr"] <= math.exp(-4.6) + 1e-12  # natural-log bounds
