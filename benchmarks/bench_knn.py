@@ -130,11 +130,14 @@ def main():
         e["ratio_to_matmul_wall"] = round(e["wall_s"] / f["wall_s"], 3)
         e["ratio_to_matmul_cpu"] = round(e["cpu_s"] / f["cpu_s"], 3)
     if "exact" in by_mode and "dense" in by_mode:
-        by_mode["dense"]["exact_speedup_vs_dense"] = round(by_mode["dense"]["wall_s"] / by_mode["exact"]["wall_s"], 3)
+        dense, exact = by_mode["dense"], by_mode["exact"]
+        dense["exact_speedup_vs_dense"] = round(dense["wall_s"] / exact["wall_s"], 3)
     print(f"\n| mode | N x d | wall s | cpu s | peak RSS GB | notes |\n|---|---|---|---|---|---|")
     for r in results:
-        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k.startswith(("ratio", "recall", "approx", "exact_speedup")))
-        print(f"| {r['mode']} | {r['n']} x {r['d']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} | {notes} |")
+        notes = ", ".join(f"{k}={v}" for k, v in r.items()
+                          if k.startswith(("ratio", "recall", "approx", "exact_speedup")))
+        print(f"| {r['mode']} | {r['n']} x {r['d']} | {r['wall_s']} | {r['cpu_s']} | "
+              f"{r['peak_rss_gb']} | {notes} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

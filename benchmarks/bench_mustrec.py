@@ -47,7 +47,7 @@ def main():
                  "checkpoint_dir": "/tmp/bench_mustrec_saved", **json.loads(args.set)}
     if args.data_path:
         overrides["data_path"] = args.data_path
-    config = Config(args.model, args.dataset, config_dict=overrides)
+    config = Config(args.model, args.dataset, config_dict=overrides, parse_argv=False)
     init_seed(config["seed"], True)
     start = time.time()
     dataset = create_dataset(config)

@@ -15,7 +15,8 @@ trainer mixin in ``recbole_mm.trainer`` (lines marked ``# distributed:``):
 
 1. :func:`init_device`: gloo on CPU (nccl on CUDA, or ``dist_backend``), no GPU-count assertion,
    ``torch.cuda.set_device`` only on GPU;
-2. :func:`wrap_ddp`: ``DistributedDataParallel`` without ``device_ids`` on CPU;
+2. :func:`wrap_ddp`: ``DistributedDataParallel`` without ``device_ids`` on CPU, and without the
+   sparse buffers (graphs) that DDP cannot broadcast;
 3. :func:`broadcast_checkpoint_name`: rank 0's time-stamped checkpoint name used by every rank;
 4. :func:`barrier`: every rank waits after rank 0 saved a checkpoint before anyone reads it.
 
@@ -99,6 +100,10 @@ def init_device(config_dict):
         config_dict["device"] = torch.device("cpu")
     config_dict["dist_backend"] = backend
     config_dict["single_spec"] = False
+    # RecBole creates these with exists-check-then-makedirs: ranks racing there crash (FileExistsError)
+    for folder in (os.path.join("log", str(config_dict.get("model"))), config_dict.get("checkpoint_dir")):
+        if folder:
+            os.makedirs(folder, exist_ok=True)
     if local_rank + int(config_dict.get("offset") or 0) != 0:  # as RecBole: only rank 0 talks
         config_dict.update(state="error", show_progress=False, verbose=False)
     return True
@@ -128,6 +133,10 @@ def wrap_ddp(trainer):
     from torch.nn.parallel import DistributedDataParallel
 
     config = trainer.config
+    # Sparse buffers (graphs) cannot be broadcast; every rank builds them from the same data anyway.
+    sparse = [name for name, buffer in trainer.model.named_buffers() if buffer.layout != torch.strided]
+    if sparse:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(trainer.model, sparse)
     if config["device"].type == "cuda":
         trainer.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trainer.model)
         trainer.distributed_model = DistributedDataParallel(trainer.model, device_ids=[config["local_rank"]])

@@ -342,7 +342,7 @@ def test_loss_equals_slow_per_slot_reference(toy, monkeypatch):
     seq = torch.tensor([[2, 3, 4, 0], [5, 6, 0, 0]])
     lengths, target = torch.tensor([3, 2]), torch.tensor([7, 8])
     neg = torch.tensor([[9, 10, 11, 12], [13, 14, 15, 16]])
-    monkeypatch.setattr(model, "sample_negatives", lambda s, t, v: neg)
+    monkeypatch.setattr(model, "sample_negatives", lambda s, t, v: neg[:, : s.shape[1]])
     from recbole.data.interaction import Interaction
 
     interaction = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths, model.ITEM_ID: target,

@@ -218,6 +218,22 @@ def test_knn_k_at_least_catalogue_is_clamped_with_warning():
     assert (dense(model, "graph_text") > 0).sum(1)[1:].eq(39).all()
 
 
+def test_approximate_knn_mode_keeps_h_neighbours():
+    exact = dense(build(graph_norm="none"), "graph_text") > 0
+    approx = dense(build(graph_norm="none", knn_approx_dim=6), "graph_text") > 0
+    assert approx.sum(1)[1:].eq(3).all()
+    assert (approx & exact).sum() >= 0.9 * exact.sum()  # candidates re-ranked exactly
+
+
+def test_without_mrgc_missing_features_project_to_zero():
+    sequences, features = tiny_data()
+    features["text"][5] = 0
+    model = build(data=(sequences, features), use_mrgc=False)
+    modal = model.item_tables()[1]["text"]
+    assert torch.all(modal[5] == 0) and torch.all(modal[0] == 0) and modal[6].abs().sum() > 0
+    assert model.centre_labels_text[5] == -1  # not clustered either
+
+
 # ----------------------------------------------------------------------------- 4. propagation
 def test_propagation_equals_dense_and_gradients_reach_only_neighbours():
     model = build()

@@ -456,3 +456,11 @@ def test_same_seed_same_training_step():
             run.append(loss.item())
         losses.append(run + eval_scores(model, ds).flatten()[:20].tolist())
     assert losses[0] == losses[1]
+
+
+def test_keep_ratio_one_and_frozen_raw_features():
+    ds = FakeDataset()
+    model = build(ds, ui_keep_ratio=1.0, train_raw_features=False)
+    assert model.pruner is None and model._current_ui_graph() is model.ui_graph_full
+    assert all(not p.requires_grad for p in model.feature_tables.parameters())
+    assert all(p.requires_grad for p in build(ds).feature_tables.parameters())

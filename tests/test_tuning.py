@@ -5,6 +5,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, ml100k_config
@@ -89,8 +90,6 @@ def test_hyperopt_and_ray_spaces_sample_inside_the_bounds(tmp_path):
     space = tuning.hyperopt_space(params)
     ray = tuning.ray_space(params, "random")
     for seed in range(20):
-        import numpy as np
-
         for drawn in (sample(space, rng=np.random.RandomState(seed)),
                       {k: v.sample() for k, v in ray.items()}):
             values = tuning.clean_params(params, drawn)

@@ -16,22 +16,26 @@ import torch
 __all__ = ["kmeans", "modality_codes", "assign_codes"]
 
 
-def _sq_distances(x, centres, chunk=8192):
-    """``[N, c]`` squared Euclidean distances, computed in row chunks (clamped at 0)."""
+def _sq_distances(x, centres, chunk=8192, x_sq=None):
+    """``[N, c]`` squared Euclidean distances, computed in row chunks (clamped at 0).
+    ``x_sq`` (the rows' squared norms) may be passed to avoid recomputing them."""
     c_sq = (centres * centres).sum(1)
+    if x_sq is None:
+        x_sq = (x * x).sum(1)
     out = torch.empty(x.shape[0], centres.shape[0], dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], chunk):
-        xb = x[s:s + chunk]
-        d = (xb * xb).sum(1, keepdim=True) - 2.0 * xb @ centres.T + c_sq
+        d = torch.addmm(x_sq[s:s + chunk].unsqueeze(1) + c_sq, x[s:s + chunk], centres.T,
+                        alpha=-2.0)
         out[s:s + chunk] = d.clamp_min_(0.0)
     return out
 
 
 def _kmeans_pp(x, n_clusters, gen):
     n = x.shape[0]
+    x_sq = (x * x).sum(1)
     first = int(torch.randint(n, (1,), generator=gen))
     centres = [x[first]]
-    closest = _sq_distances(x, x[first:first + 1]).squeeze(1)
+    closest = _sq_distances(x, x[first:first + 1], x_sq=x_sq).squeeze(1)
     for _ in range(1, n_clusters):
         total = float(closest.sum())
         if total <= 0:  # all remaining points coincide with a centre: take the lowest index
@@ -40,7 +44,7 @@ def _kmeans_pp(x, n_clusters, gen):
             probs = (closest / total).double().cpu()
             idx = int(torch.multinomial(probs, 1, generator=gen))
         centres.append(x[idx])
-        closest = torch.minimum(closest, _sq_distances(x, x[idx:idx + 1]).squeeze(1))
+        closest = torch.minimum(closest, _sq_distances(x, x[idx:idx + 1], x_sq=x_sq).squeeze(1))
     return torch.stack(centres)
 
 
@@ -53,8 +57,9 @@ def kmeans(x, n_clusters, seed=0, iters=100, tol=1e-4):
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     centres = _kmeans_pp(x, n_clusters, gen)
     previous = None
+    x_sq = (x * x).sum(1)
     for _ in range(max(1, int(iters))):
-        dist = _sq_distances(x, centres)
+        dist = _sq_distances(x, centres, x_sq=x_sq)
         best, labels = dist.min(1)
         inertia = float(best.sum())
         counts = torch.bincount(labels, minlength=n_clusters)
@@ -68,7 +73,7 @@ def kmeans(x, n_clusters, seed=0, iters=100, tol=1e-4):
         if previous is not None and previous - inertia <= tol * max(previous, 1e-12):
             break
         previous = inertia
-    labels = _sq_distances(x, centres).argmin(1)
+    labels = _sq_distances(x, centres, x_sq=x_sq).argmin(1)
     return centres, labels
 
 

@@ -133,7 +133,7 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
         chunk_size: rows per similarity block (default: a 256 MB block).
         approx_dim: if set, use the approximate mode with this projection rank ``r``.
         approx_probe: lists probed per query list in approximate mode
-            (default ``max(8, ceil(n_lists / 16))``).
+            (default ``max(8, ceil(n_lists / 32))``).
         seed: seed of the randomised SVD and k-means in approximate mode.
         progress: show a tqdm bar over chunks.
 
@@ -195,6 +195,12 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
     return out_idx, out_val
 
 
+def _nearest_centre(z, centres, chunk=8192):
+    c_sq = (centres * centres).sum(1)
+    return torch.cat([(c_sq - 2.0 * z[s:s + chunk] @ centres.T).argmin(1)
+                      for s in range(0, z.shape[0], chunk)])
+
+
 def _topk_approx(x, rows, k_eff, mode, rank, n_probe, seed, out_idx, out_val, progress,
                  budget_bytes=256 * 2**20):
     """Low-rank inverted-file search: cluster the rank-r projections (k-means, about sqrt(N)
@@ -209,10 +215,14 @@ def _topk_approx(x, rows, k_eff, mode, rank, n_probe, seed, out_idx, out_val, pr
     z = xv @ _low_rank_basis(xv, rank, seed)
     n_lists = int(max(1, min(n_valid, round(math.sqrt(n_valid)))))
     if n_probe is None:
-        n_probe = max(8, math.ceil(n_lists / 16))
+        n_probe = max(8, math.ceil(n_lists / 32))
     n_probe = int(min(max(1, n_probe), n_lists))
-    centres, labels = kmeans(z.cpu(), n_lists, seed=seed, iters=10)
-    labels = labels.to(device)
+    # lists fitted on a seeded sample of the projections, then every row joins its nearest
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
+    sample = torch.randperm(n_valid, generator=gen)[:max(n_lists, 32 * n_lists)].sort().values
+    centres, _ = kmeans(z[sample.to(device)].cpu(), n_lists, seed=seed, iters=10)
+    centres = centres.to(device)
+    labels = _nearest_centre(z, centres)
     centre_dist = torch.cdist(centres, centres)
     # nearest lists first, ties by lower list id (stable sort)
     probes = torch.argsort(centre_dist, dim=1, stable=True)[:, :n_probe]

@@ -8,12 +8,19 @@ Pipeline (paper section / equation):
   c codes); an item links to its top-k codes (``layers/mmsr_codes.py``).
 - §4.1 MSGraph per sequence: distinct item nodes and code nodes; homogeneous transition edges
   (out / in / bidirectional), heterogeneous same-position edges, self-loops; built for the whole
-  batch as tensors (``layers/msgraph.py``).
+  batch as tensors (``layers/msgraph.py``).  By default (``graph_backend: sparse``) the layers run
+  on the active nodes only, with edge lists and a segment softmax, and the last layer computes
+  phase 2 and the gate for the readout nodes only; ``dense`` (masked [B, N, N] attention) gives
+  the same results and serves as a cross-check.
 - §4.2 node input: ``x_n = W [e_n; e_ty(type_n); mean of PosEmb over the positions of n]``.
 - §4.3 HAN-GNN layers (``layers/han_gnn.py``): heterogeneity-aware dual attention (Eq. 12-14),
   asynchronous hohe/heho update with the gate (Eq. 16-17), non-invasive fusion; or Eq. 15
   (sync) and the baseline aggregators GCN/SAGE/GAT/RGAT of Table 3.
 - §4.4 readout: the last item's node ("last pooling"); scores ``P . E_v^T`` (Eq. 7); CE loss.
+
+Official-code bugs not reproduced (spec §6): K and V are distinct projections (B1), non-invasive
+hohe attends from the homogeneous state (B2) and phase 2 re-projects (B3); the gate is Eq. 16
+(B4, official gate: ``gate: shared``); model selection uses validation and RecBole's metrics (B6, B7).
 
 Any number (>= 1) of modalities works: node type 0 is the item, type m the m-th modality of
 ``dataset.modalities`` (optionally restricted by ``mmsr_modalities``).  Missing modalities
@@ -66,6 +73,8 @@ class MMSR(SequentialRecommender):
         n_blocks = 1 + int(self.use_type_emb) + int(self.use_pos_emb)
         self.input_projection = nn.Linear(n_blocks * self.dim, self.dim, bias=False) if n_blocks > 1 else None
         aggregator = config["aggregator"] or "han"
+        if int(config["n_layers"]) < 1:
+            raise MMSRConfigError(f"n_layers must be >= 1 (got {config['n_layers']}).")
         backend = config["graph_backend"] or "sparse"
         if backend not in ("sparse", "dense"):
             raise MMSRConfigError(f"graph_backend must be sparse|dense, got {backend!r}.")
@@ -232,9 +241,10 @@ class MMSR(SequentialRecommender):
         if self.sparse:  # active nodes only, edge lists
             graph = pack_graph(graph)
             hidden = self.node_input(graph)
-            for layer in self.layers:
-                hidden = self.hidden_dropout(layer(hidden, graph))
-            return hidden[graph.readout]
+            for index, layer in enumerate(self.layers):
+                last = index == len(self.layers) - 1
+                hidden = self.hidden_dropout(layer(hidden, graph, graph.readout if last else None))
+            return hidden  # the last layer returns the readout rows only
         hidden = self.node_input(graph)
         for layer in self.layers:
             hidden = self.hidden_dropout(layer(hidden, graph)) * graph.active.unsqueeze(-1)

@@ -94,7 +94,8 @@ def load_feature_matrix(path, min_rows=None, name=None):
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as err:  # noqa: BLE001
-        raise PrepareError(f"cannot read {path} as a .npy array ({err}). Fix: save it with numpy.save.") from None
+        raise PrepareError(f"cannot read {path} as a .npy array ({err}). "
+                           "Fix: save it with numpy.save.") from None
     if arr.ndim != 2:
         raise PrepareError(f"{path} has shape {arr.shape}; expected [items, dim]. Fix: one row per item.")
     if not np.issubdtype(arr.dtype, np.floating):

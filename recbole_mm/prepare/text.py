@@ -49,8 +49,9 @@ def prepare_text(name, field, out="dataset", model=None, batch_size=64, output="
     source = sources[0]
     if len(sources) > 1:  # use the first file that has every field
         for path in sources:
-            header = [h.split(":")[0] for h in open(path, encoding="utf-8").readline().rstrip("\r\n").split("\t")]
-            if all(f in header for f in fields):
+            with open(path, encoding="utf-8") as f:
+                header = [h.split(":")[0] for h in f.readline().rstrip("\r\n").split("\t")]
+            if all(name in header for name in fields):
                 source = path
                 break
     stem = output[:-4] if output.endswith(".npy") else output

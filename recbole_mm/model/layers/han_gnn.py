@@ -61,11 +61,6 @@ def edge_softmax(scores: torch.Tensor, centre: torch.Tensor, n_nodes: int) -> to
     return weights / total[centre]
 
 
-def edge_aggregate(alpha: torch.Tensor, edges: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """out_i = sum over edges (i, j) of alpha_ij * values_j."""
-    return torch.zeros_like(values).index_add(0, edges[0], alpha.unsqueeze(-1) * values[edges[1]])
-
-
 def to_dense(x: torch.Tensor, graph: PackedGraph) -> Tuple[torch.Tensor, torch.Tensor]:
     """Packed [P, d] -> dense [B, N, d] and its active mask [B, N]."""
     dense = x.new_zeros(graph.batch_size, graph.n_slots, x.shape[-1])
@@ -101,18 +96,47 @@ class HANLayer(nn.Module):
         if global_attn:
             self.global_gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 2))
         nn.init.xavier_uniform_(self.relation_vectors)
+        self._memo = {}
+
+    # ----- helpers -------------------------------------------------------------------------
+    def project(self, x, weights, graph):
+        """Type-specific projection, memoised within one forward (W_V h is reused 4 times)."""
+        key = (id(x), id(weights))
+        if key not in self._memo:
+            self._memo[key] = (x, project_by_type(x, weights, graph.type_slices))
+        return self._memo[key][1]
+
+    def edges(self, kind, graph, centres):
+        """(centre, neighbour, relation, output row, n_rows) of a packed graph's edges, optionally
+        only the edges whose centre is in ``centres`` (rows then follow the order of ``centres``)."""
+        key = (kind, id(centres))
+        if key not in self._memo:
+            edges = graph.homo_edges if kind == "homo" else graph.hetero_edges
+            relation = graph.homo_relation if kind == "homo" else None
+            centre, neighbour, n_rows = edges[0], edges[1], len(graph.node_batch)
+            row = centre
+            if centres is not None:
+                lookup = torch.full((n_rows,), -1, dtype=torch.long, device=centre.device)
+                lookup[centres] = torch.arange(len(centres), device=centre.device)
+                keep = lookup[centre] >= 0
+                centre, neighbour = centre[keep], neighbour[keep]
+                relation = relation[keep] if relation is not None else None
+                row, n_rows = lookup[centre], len(centres)
+            self._memo[key] = (None, (centre, neighbour, relation, row, n_rows))
+        return self._memo[key][1]
 
     # ----- the two aggregations -------------------------------------------------------------
-    def homo(self, x, y, graph):
+    def homo(self, x, y, graph, centres=None):
         """Ho(X, Y): content attention inside each node type (block-diagonal), Eq. 12 and 14."""
-        vx = project_by_type(x, self.value, graph.type_slices)
-        vy = vx if y is x else project_by_type(y, self.value, graph.type_slices)
+        vx = self.project(x, self.value, graph)
+        vy = self.project(y, self.value, graph)
         if isinstance(graph, PackedGraph):
-            centre, neighbour = graph.homo_edges
-            weighted = vx[centre] * self.relation_vectors[graph.homo_relation - 1]
+            centre, neighbour, relation, row, n_rows = self.edges("homo", graph, centres)
+            per_relation = (vx.unsqueeze(1) * self.relation_vectors).reshape(-1, vx.shape[-1])  # [P*4, d]
+            weighted = per_relation[centre * REL_BI + relation - 1]
             scores = F.leaky_relu((weighted * vx[neighbour]).sum(-1) * self.scale, self.leaky_slope)
-            alpha = self.attn_dropout(edge_softmax(scores, centre, vx.shape[0]))
-            return edge_aggregate(alpha, graph.homo_edges, vy)
+            alpha = self.attn_dropout(edge_softmax(scores, row, n_rows))
+            return vy.new_zeros(n_rows, vy.shape[-1]).index_add(0, row, alpha.unsqueeze(-1) * vy[neighbour])
         outputs = []
         for start, end in graph.type_slices:
             if end == start:
@@ -128,25 +152,25 @@ class HANLayer(nn.Module):
             outputs.append(torch.matmul(alpha, vy[:, start:end]))
         return torch.cat(outputs, dim=1)
 
-    def hetero(self, x, y, graph):
+    def hetero(self, x, y, graph, centres=None):
         """He(X, Y): key-value attention across node types, Eq. 13 and 14."""
-        q = project_by_type(x, self.query, graph.type_slices)
-        k = project_by_type(x, self.key, graph.type_slices)
-        v = project_by_type(y, self.value, graph.type_slices)
+        q = self.project(x, self.query, graph)
+        k = self.project(x, self.key, graph)
+        v = self.project(y, self.value, graph)
         if isinstance(graph, PackedGraph):
-            centre, neighbour = graph.hetero_edges
+            centre, neighbour, _, row, n_rows = self.edges("hetero", graph, centres)
             scores = (q[centre] * k[neighbour]).sum(-1) * self.scale
-            alpha = self.attn_dropout(edge_softmax(scores, centre, q.shape[0]))
-            return edge_aggregate(alpha, graph.hetero_edges, v)
+            alpha = self.attn_dropout(edge_softmax(scores, row, n_rows))
+            return v.new_zeros(n_rows, v.shape[-1]).index_add(0, row, alpha.unsqueeze(-1) * v[neighbour])
         scores = torch.matmul(q, k.transpose(1, 2)) * self.scale
         mask = (graph.relation == REL_SELF) | (graph.relation == REL_HETERO)
         alpha = self.attn_dropout(masked_softmax(scores, mask))
         return torch.matmul(alpha, v)
 
     def global_attention(self, h, graph):
-        q = project_by_type(h, self.query, graph.type_slices)
-        k = project_by_type(h, self.key, graph.type_slices)
-        v = project_by_type(h, self.value, graph.type_slices)
+        q = self.project(h, self.query, graph)
+        k = self.project(h, self.key, graph)
+        v = self.project(h, self.value, graph)
         if isinstance(graph, PackedGraph):  # all node pairs of a graph: dense per graph
             (q, active), (k, _), (v, _) = to_dense(q, graph), to_dense(k, graph), to_dense(v, graph)
         else:
@@ -156,27 +180,37 @@ class HANLayer(nn.Module):
         return out[graph.node_batch, graph.node_slot] if isinstance(graph, PackedGraph) else out
 
     def gate_weights(self, first, second):
-        """beta [B, N, 2] of the update gate (Eq. 16)."""
+        """beta [..., 2] of the update gate (Eq. 16)."""
         if self.gate_kind == "concat":
             return torch.softmax(self.gate(torch.cat([first, second], dim=-1)), dim=-1)
         return torch.softmax(torch.cat([self.gate(first), self.gate(second)], dim=-1), dim=-1)
 
-    def forward(self, h, graph):
+    def forward(self, h, graph, centres=None):
+        """New states of all nodes, or (packed graphs only) of the nodes ``centres`` [R] -> [R, d]:
+        the last layer only needs the readout nodes, so phase 2 and the gate run on those rows."""
+        self._memo = {}
+        try:
+            return self._forward(h, graph, centres)
+        finally:
+            self._memo = {}
+
+    def _forward(self, h, graph, centres):
         mode = self.mode
         if mode == "ho":
-            out = self.homo(h, h, graph)
+            out = self.homo(h, h, graph, centres)
         elif mode == "he":
-            out = self.hetero(h, h, graph)
+            out = self.hetero(h, h, graph, centres)
         elif mode == "sync":
-            out = self.sync_linear(torch.cat([self.homo(h, h, graph), self.hetero(h, h, graph)], dim=-1))
+            out = self.sync_linear(torch.cat([self.homo(h, h, graph, centres),
+                                              self.hetero(h, h, graph, centres)], dim=-1))
         else:
             hohe = heho = None
             if mode in ("async", "hohe"):
                 a = self.homo(h, h, graph)
-                hohe = self.hetero(a, h if self.non_invasive else a, graph)
+                hohe = self.hetero(a, h if self.non_invasive else a, graph, centres)
             if mode in ("async", "heho"):
                 e = self.hetero(h, h, graph)
-                heho = self.homo(e, h if self.non_invasive else e, graph)
+                heho = self.homo(e, h if self.non_invasive else e, graph, centres)
             if mode == "async":
                 beta = self.gate_weights(hohe, heho)
                 out = beta[..., :1] * hohe + beta[..., 1:] * heho
@@ -184,6 +218,7 @@ class HANLayer(nn.Module):
                 out = hohe if hohe is not None else heho
         if self.global_attn:
             g = self.global_attention(h, graph)
+            g = g if centres is None else g[centres]
             gamma = torch.softmax(self.global_gate(torch.cat([out, g], dim=-1)), dim=-1)
             out = gamma[..., :1] * out + gamma[..., 1:] * g
         return out
