@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, ml100k_config
-from recbole_mm import tuning
+from recbole_mm import tuning, tuning_ray
 from recbole_mm.tuning import SearchSpaceError
 
 # Tiny SASRec on ml-100k users with <= 40 interactions (305 users): a trial takes a few seconds.
@@ -88,7 +88,7 @@ def test_hyperopt_and_ray_spaces_sample_inside_the_bounds(tmp_path):
     params = tuning.parse_search_space(write(tmp_path, "lr loguniform -9.2,-4.6\nn quniform 1,3,1\n"
                                                        "d uniform 0.1,0.5\nh choice [16,32]\n"))
     space = tuning.hyperopt_space(params)
-    ray = tuning.ray_space(params, "random")
+    ray = tuning_ray.ray_space(params, "random")
     for seed in range(20):
         for drawn in (sample(space, rng=np.random.RandomState(seed)),
                       {k: v.sample() for k, v in ray.items()}):
@@ -96,7 +96,7 @@ def test_hyperopt_and_ray_spaces_sample_inside_the_bounds(tmp_path):
             assert math.exp(-9.2) - 1e-12 <= values["lr"] <= math.exp(-4.6) + 1e-12  # natural-log bounds
             assert type(values["n"]) is int and 1 <= values["n"] <= 3  # integer quniform → int
             assert 0.1 <= values["d"] <= 0.5 and values["h"] in (16, 32)
-    grid = tuning.ray_space(tuning.parse_search_space(write(tmp_path, "h choice [16,32]\n", "g.hyper")),
+    grid = tuning_ray.ray_space(tuning.parse_search_space(write(tmp_path, "h choice [16,32]\n", "g.hyper")),
                             "exhaustive")
     assert grid["h"] == {"grid_search": [16, 32]}
 
@@ -129,10 +129,10 @@ def test_trial_setup_pins_paths_and_never_reads_argv(tmp_path, monkeypatch):
 
 def test_impossible_ray_requests_are_refused():
     with pytest.raises(tuning.TuningError, match="gpus_per_trial=1 but this Ray cluster has 0 GPU"):
-        tuning._check_cluster({"CPU": 2.0}, cpus=1, gpus=1, attached=False)
+        tuning_ray.check_cluster({"CPU": 2.0}, cpus=1, gpus=1, attached=False)
     with pytest.raises(tuning.TuningError, match="cpus_per_trial=4 .* has 2 CPU"):
-        tuning._check_cluster({"CPU": 2.0}, cpus=4, gpus=0, attached=False)
-    tuning._check_cluster({"CPU": 2.0}, cpus=1, gpus=1, attached=True)  # autoscaler may add GPUs
+        tuning_ray.check_cluster({"CPU": 2.0}, cpus=4, gpus=0, attached=False)
+    tuning_ray.check_cluster({"CPU": 2.0}, cpus=1, gpus=1, attached=True)  # autoscaler may add GPUs
 
 
 # ------------------------------------------------------------------ end to end
