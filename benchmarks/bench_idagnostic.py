@@ -34,12 +34,14 @@ def ranks_of_targets(model, loader, device):
             scores[:, 0] = -math.inf
             item = interaction[model.ITEM_ID]
             target_score = scores.gather(1, item.unsqueeze(1))
-            ranks.append((scores > target_score).sum(1).cpu())
+            # ties (items with identical text get identical vectors) rank above the target
+            ranks.append(((scores >= target_score).sum(1) - 1).cpu())
             targets.append(item.cpu())
     return torch.cat(ranks), torch.cat(targets)
 
 
 def hit_ndcg(ranks, k=10):
+    """HR@k and NDCG@k from 0-based ranks (pessimistic on ties)."""
     if len(ranks) == 0:
         return {"n": 0}
     hit = (ranks < k).float()
@@ -63,6 +65,7 @@ def main():
     parser.add_argument("--cold_threshold", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the result JSON here")
+    parser.add_argument("--eval_only", default=None, help="checkpoint to evaluate instead of training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {"show_progress": False, **json.loads(args.config)}
@@ -87,8 +90,12 @@ def main():
         return out
 
     trainer._train_epoch = timed
-    best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    if args.eval_only:
+        best_valid = None
+        test_result = trainer.evaluate(test_data, model_file=args.eval_only, show_progress=False)
+    else:
+        best_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+        test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     t = time.time()
     ranks, targets = ranks_of_targets(model, test_data, config["device"])
     eval_s = time.time() - t

@@ -1,5 +1,6 @@
 """Command-line plumbing shared by ``run_recbole_mm.py`` and ``run_hyper.py``: known errors
 become one line on stderr and exit code 2, never a traceback."""
+import os
 import sys
 
 from recbole_mm import registry
@@ -11,9 +12,10 @@ USER_ERRORS = (registry.UnknownNameError, ConfigError, DatasetError, FeatureFile
 
 
 def user_errors():
+    from recbole_mm.distributed import DistributedError
     from recbole_mm.quick_start import DatasetNotFoundError
 
-    return USER_ERRORS + (DatasetNotFoundError,)
+    return USER_ERRORS + (DatasetNotFoundError, DistributedError)
 
 
 def fail(message):
@@ -48,7 +50,7 @@ def run_cli(args, default_model):
         if args.nproc > 1:
             from recbole_mm.distributed import run_distributed
 
-            result = run_distributed(model, args.dataset, config_files, args.nproc)
+            result = run_distributed(model, args.dataset, config_files, args.nproc, parse_argv=True)
         else:
             from recbole_mm.quick_start import run_recbole_mm
 
@@ -56,6 +58,6 @@ def run_cli(args, default_model):
                                     parse_argv=True)
     except user_errors() as err:
         return fail(err)
-    if result:
+    if result and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
         print(f"\n{model} on {args.dataset}\n" + format_results(result))
     return 0

@@ -163,6 +163,10 @@ def load_data_and_model(model_file):
     """Load a recbole_mm (or RecBole) checkpoint: (config, model, dataset, train, valid, test)."""
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
+    # a checkpoint written by a distributed run reloads in this single process
+    config["single_spec"], config["local_rank"], config["world_size"] = True, 0, 1
+    if config["device"] is not None and config["device"].type == "cuda" and not __import__("torch").cuda.is_available():
+        config["device"] = __import__("torch").device("cpu")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

@@ -243,8 +243,13 @@ def run_hyperopt(setup, params, algo="tpe", max_evals=10, bigger=True, seed=2020
 
     new_rng = tuple(int(x) for x in hyperopt.__version__.split(".")[:3]) >= (0, 2, 7)
     rstate = np.random.default_rng(seed) if new_rng else np.random.RandomState(seed)
-    fmin(objective, hyperopt_space(params), algo=suggest, max_evals=max_evals, trials=Trials(),
-         rstate=rstate, show_progressbar=False, return_argmin=False, **kwargs)
+    from hyperopt.exceptions import AllTrialsFailed as HyperoptAllFailed
+
+    try:
+        fmin(objective, hyperopt_space(params), algo=suggest, max_evals=max_evals, trials=Trials(),
+             rstate=rstate, show_progressbar=False, return_argmin=False, **kwargs)
+    except HyperoptAllFailed:
+        pass  # the records hold each error; run_search reports it
     return records
 
 

@@ -171,3 +171,16 @@ def test_ray_tune_two_trials_on_cpu(tmp_path, in_tmp):
     saved = _check_results(summary, 2)
     assert sorted(r["params"]["learning_rate"] for r in saved["trials"]) == [0.001, 0.01]
     assert os.path.isdir(tmp_path / "ray" / "ray")  # Ray Tune's own per-trial logs
+
+
+def test_failed_trials_are_recorded_and_all_failed_is_an_error(tmp_path, in_tmp):
+    space = write(tmp_path, "n_heads choice [3,5]\n")  # hidden_size 16 is no multiple of either
+    with pytest.raises(tuning.AllTrialsFailed, match="every trial failed.*first error: ValueError"):
+        tuning.run_search("SASRec", "ml-100k", space, config_dict=ml100k_config(tmp_path, **TINY),
+                          tool="hyperopt", algo="exhaustive", output_file="failed.json")
+    with open(tmp_path / "failed.json") as handle:
+        saved = json.load(handle)
+    assert saved["n_failed"] == 2 and saved["best"] is None
+    assert all(r["status"] == "failed" and "multiple of the number of attention heads" in r["error"]
+               for r in saved["trials"])
+    assert "failed: ValueError" in (tmp_path / "failed.md").read_text()
