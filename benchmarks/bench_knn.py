@@ -5,7 +5,7 @@ Modes, each run in its own subprocess so its peak RSS is its own:
 - ``exact``:  chunked exact top-k (the default and test reference);
 - ``floor``:  a bare ``torch.mm`` of the same chunks (same 2 N^2 d flops, same chunk size),
               i.e. the matrix-product floor exact kNN cannot beat;
-- ``approx``: low-rank inverted lists + exact scoring (``approx_dim``), recall@k vs exact;
+- ``approx``: low-rank candidates + exact scoring (``approx_dim``), recall@k vs exact;
 - ``dense``:  the MMRec way: full ``N x N`` similarity, then ``topk`` (skipped when the
               matrix would exceed ``--dense-max-gb``).
 
@@ -62,10 +62,10 @@ def worker(args):
             torch.mm(rows, x.T, out=buf[:rows.shape[0]])
         result["chunk_size"] = b
     elif args.worker == "approx":
-        idx, _ = topk_cosine(x, args.k, approx_dim=args.approx_dim, approx_probe=args.approx_probe,
-                             seed=0)
+        idx, _ = topk_cosine(x, args.k, approx_dim=args.approx_dim,
+                             approx_candidates=args.approx_candidates, seed=0)
         result["approx_dim"] = args.approx_dim
-        result["approx_probe"] = args.approx_probe or "default"
+        result["approx_candidates"] = args.approx_candidates or max(8 * args.k, 64)
     elif args.worker == "dense":
         xn = normalize_rows(x)
         sim = xn @ xn.T
@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--approx-dim", type=int, default=128)
-    ap.add_argument("--approx-probe", type=int, default=None)
+    ap.add_argument("--approx-candidates", type=int, default=None)
     ap.add_argument("--dense-max-gb", type=float, default=6.0)
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -113,7 +113,7 @@ def main():
             print(f"skip dense: {n}x{n} float32 = {n * n * 4 / 2**30:.1f} GB > --dense-max-gb")
             continue
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--exact-out", exact_out]
-        for key in ("features", "k", "threads", "device", "chunk_size", "approx_dim", "approx_probe"):
+        for key in ("features", "k", "threads", "device", "chunk_size", "approx_dim", "approx_candidates"):
             value = getattr(args, key)
             if value is not None:
                 cmd += ["--" + key.replace("_", "-"), str(value)]

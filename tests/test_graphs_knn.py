@@ -146,7 +146,7 @@ def test_row_normalize_and_weighted_sum():
     assert torch.allclose(weighted_sum([None, b], [0.1, 0.9]).to_dense(), 0.9 * torch.eye(3))
 
 
-def test_approximate_mode_recall_exact_values_and_full_probe_equals_exact():
+def test_approximate_mode_recall_exact_values_and_all_candidates_equals_exact():
     g = torch.Generator().manual_seed(5)
     centres = torch.randn(20, 64, generator=g)
     x = centres[torch.randint(0, 20, (800,), generator=g)] + 0.6 * torch.randn(800, 64, generator=g)
@@ -163,11 +163,11 @@ def test_approximate_mode_recall_exact_values_and_full_probe_equals_exact():
     # reported values are exact cosines of the reported neighbours
     xn = normalize_rows(x)
     assert torch.allclose(approx_val[5], (xn[5] * xn[approx[5]]).sum(1), atol=1e-5)
-    # probing every list scores every candidate: identical to exact (ties included)
-    full, _ = topk_cosine(x, 10, approx_dim=16, approx_probe=10**6)
+    # with every item a candidate the result is exact (ties included)
+    full, _ = topk_cosine(x, 10, approx_dim=16, approx_candidates=10**6)
     assert torch.equal(full, exact)
     s = sign_features(200, 16, seed=4)
-    assert torch.equal(topk_cosine(s, 6, approx_dim=4, approx_probe=10**6)[0], topk_cosine(s, 6)[0])
+    assert torch.equal(topk_cosine(s, 6, approx_dim=4, approx_candidates=10**6)[0], topk_cosine(s, 6)[0])
     again, _ = topk_cosine(x, 10, include_self="exclude", approx_dim=16, seed=0)
     assert torch.equal(approx, again)
 

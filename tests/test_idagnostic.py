@@ -466,3 +466,17 @@ def test_mean_then_project_equals_project_then_mean(toy, modality, fusion):
         model._pool_first = False
         slow = model.encode_items(ids)
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_loading_other_frozen_weights_clears_the_frozen_cache(toy):
+    model, _, _ = make_model(toy, n_finetune_blocks_text=0)
+    model.eval()
+    model.item_table()
+    assert model.text_tower._cache is not None
+    model.load_state_dict(copy.deepcopy(model.state_dict()))  # same weights: cache kept
+    assert model.text_tower._cache is not None
+    state = copy.deepcopy(model.state_dict())
+    key = next(k for k in state if k.startswith("text_tower.model.encoder.layer.0."))
+    state[key] = state[key] + 1.0
+    model.load_state_dict(state)
+    assert model.text_tower._cache is None

@@ -26,12 +26,12 @@ the row ``pad_index`` (RecBole's PAD item 0), which stays empty.
 
 Approximate mode (``approx_dim=r``, optional, CPU speed-up; exact stays the default)
     Project the normalised rows onto their top-``r`` right singular vectors (seeded
-    randomised SVD), split the projections into ``n_lists ~ sqrt(N)`` k-means lists, and for
-    every list score its members *exactly* (full-dimensional cosine, one BLAS block) against
-    the members of the ``approx_probe`` lists whose centres are nearest; keep the top-k with
-    the same tie rule. Candidates come from the low-rank space, scores are exact, so a miss
-    can only drop a true neighbour, never misreport a value. Recall against exact is
-    measured in ``benchmarks/bench_knn.py``.
+    randomised SVD). Each row picks ``approx_candidates`` (default ``max(8k, 64)``) items by
+    the projected inner product; rows are processed in groups of alike rows (k-means lists
+    of the projections) and every row of a group is scored *exactly* (full-dimensional
+    cosine, one BLAS block) against the union of the group's candidates, keeping the top-k
+    with the same tie rule. Reported values are always exact cosines; a miss can only drop
+    a true neighbour. Recall against exact: ``benchmarks/bench_knn.py``.
 """
 import math
 import warnings
@@ -122,7 +122,7 @@ def _low_rank_basis(x_valid, rank, seed, max_rows=16384):
 
 
 def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None,
-                approx_dim=None, approx_probe=None, seed=0, progress=False):
+                approx_dim=None, approx_candidates=None, seed=0, progress=False):
     """Exact (or optionally approximate) top-k cosine neighbours of every row.
 
     Args:
@@ -132,8 +132,7 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
         valid_mask: ``[N]`` bool, False rows are never neighbours and get no neighbours.
         chunk_size: rows per similarity block (default: a 256 MB block).
         approx_dim: if set, use the approximate mode with this projection rank ``r``.
-        approx_probe: lists probed per query list in approximate mode
-            (default ``max(8, ceil(n_lists / 32))``).
+        approx_candidates: candidates per row in approximate mode (default ``max(8k, 64)``).
         seed: seed of the randomised SVD and k-means in approximate mode.
         progress: show a tqdm bar over chunks.
 
@@ -166,7 +165,7 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
     chunk_size = max(1, int(chunk_size))
     if approx_dim is not None:
         return _topk_approx(normalize_rows(features), rows, k_eff, mode, approx_dim,
-                            approx_probe, seed, out_idx, out_val, progress)
+                            approx_candidates, seed, out_idx, out_val, progress)
 
     # No normalised copy of the features: S_ij = (x_i . x_j) / |x_j| ranks row i exactly like
     # the cosine; the row factor 1/|x_i| is applied to the k kept values only.
@@ -201,58 +200,48 @@ def _nearest_centre(z, centres, chunk=8192):
                       for s in range(0, z.shape[0], chunk)])
 
 
-def _topk_approx(x, rows, k_eff, mode, rank, n_probe, seed, out_idx, out_val, progress,
+def _topk_approx(x, rows, k_eff, mode, rank, n_cand, seed, out_idx, out_val, progress,
                  budget_bytes=256 * 2**20):
-    """Low-rank inverted-file search: cluster the rank-r projections (k-means, about sqrt(N)
-    lists), then score each list's members exactly against the members of its ``n_probe``
-    nearest lists (one BLAS block per list) and keep the top-k."""
+    """Low-rank candidates, exact scores. Rows are grouped by a k-means list of their rank-r
+    projection (so a group's rows are alike); each row takes its ``n_cand`` best items by the
+    projected inner product, and every row of the group is scored exactly (one BLAS block)
+    against the union of the group's candidates, then the exact top-k is kept."""
     from .codes import kmeans
 
     device = x.device
     n_valid = rows.numel()
     rank = int(min(rank, x.shape[1]))
-    xv = x[rows]
+    xv = x if n_valid == x.shape[0] else x[rows]
     z = xv @ _low_rank_basis(xv, rank, seed)
+    need = k_eff + (0 if mode == "include" else 1)
+    n_cand = int(min(max(n_cand or max(8 * k_eff, 64), need), n_valid))
     n_lists = int(max(1, min(n_valid, round(math.sqrt(n_valid)))))
-    if n_probe is None:
-        n_probe = max(8, math.ceil(n_lists / 32))
-    n_probe = int(min(max(1, n_probe), n_lists))
-    # lists fitted on a seeded sample of the projections, then every row joins its nearest
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
-    sample = torch.randperm(n_valid, generator=gen)[:max(n_lists, 32 * n_lists)].sort().values
+    sample = torch.randperm(n_valid, generator=gen)[:32 * n_lists].sort().values
     centres, _ = kmeans(z[sample.to(device)].cpu(), n_lists, seed=seed, iters=10)
-    centres = centres.to(device)
-    labels = _nearest_centre(z, centres)
-    centre_dist = torch.cdist(centres, centres)
-    # nearest lists first, ties by lower list id (stable sort)
-    probes = torch.argsort(centre_dist, dim=1, stable=True)[:, :n_probe]
+    labels = _nearest_centre(z, centres.to(device))
     order = torch.argsort(labels, stable=True)
-    counts = torch.bincount(labels, minlength=n_lists).tolist()
-    members, offset = [], 0
-    for c in counts:
-        members.append(order[offset:offset + c])
-        offset += c
-    lists = range(n_lists)
+    bounds = torch.cumsum(torch.bincount(labels, minlength=n_lists), 0).tolist()
+    max_rows = max(1, budget_bytes // (4 * n_valid))
+    groups, start = [], 0
+    for end in bounds:
+        groups += [order[s:min(end, s + max_rows)] for s in range(start, end, max_rows)]
+        start = end
     if progress:
         from tqdm import tqdm
-        lists = tqdm(lists, desc="knn-approx", unit="list")
-    for c in lists:
-        queries = members[c]
-        if queries.numel() == 0:
-            continue
-        cand = torch.sort(torch.cat([members[int(p)] for p in probes[c]])).values
-        if cand.numel() < k_eff + (0 if mode == "include" else 1):
-            cand = torch.arange(n_valid, device=device)  # tiny lists: fall back to exact
-        cand_x = xv[cand]
-        step = max(1, budget_bytes // (4 * cand.numel()))
-        for s in range(0, queries.numel(), step):
-            q = queries[s:s + step]
-            sim = xv[q] @ cand_x.T
-            if mode != "include":
-                sim[q.unsqueeze(1) == cand.unsqueeze(0)] = float("-inf")
-            values, local = _exact_topk_block(sim, k_eff)
-            out_idx[rows[q], :k_eff] = rows[cand[local]]
-            out_val[rows[q], :k_eff] = values
+        groups = tqdm(groups, desc="knn-approx", unit="group")
+    for q in groups:
+        arange = torch.arange(q.numel(), device=device)
+        proj = z[q] @ z.T
+        proj[arange, q] = float("inf") if mode == "include" else float("-inf")
+        union = torch.unique(torch.topk(proj, n_cand, dim=1).indices)  # sorted ids
+        del proj
+        sim = xv[q] @ xv[union].T
+        if mode != "include":
+            sim[q.unsqueeze(1) == union.unsqueeze(0)] = float("-inf")
+        values, local = _exact_topk_block(sim, k_eff)
+        out_idx[rows[q], :k_eff] = rows[union[local]]
+        out_val[rows[q], :k_eff] = values
     return out_idx, out_val
 
 

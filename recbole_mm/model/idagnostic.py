@@ -209,7 +209,14 @@ class IDAgnosticMMSR(SequentialRecommender):
         return super().train(mode)
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
+        """Also drops the item table, and a tower's frozen cache if its frozen weights change."""
         self.invalidate_item_table()
+        for prefix, tower in (("text_tower.", self.text_tower), ("vision_tower.", self.vision_tower)):
+            if tower is None:
+                continue
+            frozen = [(prefix + n, p) for n, p in tower.named_parameters() if not p.requires_grad]
+            if any(k in state_dict and not torch.equal(state_dict[k].to(p.device), p) for k, p in frozen):
+                tower.clear_cache()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def optimizer_param_groups(self):

@@ -96,11 +96,13 @@ class HANLayer(nn.Module):
         if global_attn:
             self.global_gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 2))
         nn.init.xavier_uniform_(self.relation_vectors)
-        self._memo = {}
+        self._memo = None  # projections / edge subsets shared within one forward
 
     # ----- helpers -------------------------------------------------------------------------
     def project(self, x, weights, graph):
         """Type-specific projection, memoised within one forward (W_V h is reused 4 times)."""
+        if self._memo is None:  # called outside forward: no memo
+            return project_by_type(x, weights, graph.type_slices)
         key = (id(x), id(weights))
         if key not in self._memo:
             self._memo[key] = (x, project_by_type(x, weights, graph.type_slices))
@@ -110,7 +112,7 @@ class HANLayer(nn.Module):
         """(centre, neighbour, relation, output row, n_rows) of a packed graph's edges, optionally
         only the edges whose centre is in ``centres`` (rows then follow the order of ``centres``)."""
         key = (kind, id(centres))
-        if key not in self._memo:
+        if self._memo is None or key not in self._memo:
             edges = graph.homo_edges if kind == "homo" else graph.hetero_edges
             relation = graph.homo_relation if kind == "homo" else None
             centre, neighbour, n_rows = edges[0], edges[1], len(graph.node_batch)
@@ -122,6 +124,8 @@ class HANLayer(nn.Module):
                 centre, neighbour = centre[keep], neighbour[keep]
                 relation = relation[keep] if relation is not None else None
                 row, n_rows = lookup[centre], len(centres)
+            if self._memo is None:
+                return centre, neighbour, relation, row, n_rows
             self._memo[key] = (None, (centre, neighbour, relation, row, n_rows))
         return self._memo[key][1]
 
@@ -192,7 +196,7 @@ class HANLayer(nn.Module):
         try:
             return self._forward(h, graph, centres)
         finally:
-            self._memo = {}
+            self._memo = None
 
     def _forward(self, h, graph, centres):
         mode = self.mode
