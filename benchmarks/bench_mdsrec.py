@@ -72,7 +72,8 @@ def main():
 
     # item side, stage by stage, with an empty cache
     parts = {}
-    original = {name: getattr(graphs, name) for name in ("cooccurrence_matrix", "inject_behaviour", "modal_graph", "kmeans")}
+    stages = ("cooccurrence_matrix", "inject_behaviour", "modal_graph", "kmeans")
+    original = {name: getattr(graphs, name) for name in stages}
 
     def timed(name):
         def wrapper(*a, **kw):
@@ -95,7 +96,8 @@ def main():
     trainer = registry.get_trainer(config["MODEL_TYPE"], "MDSRec")(config, model)
     record = dict(dataset=args.dataset, threads=args.threads, users=train_set.user_num - 1,
                   items=train_set.item_num - 1, train_rows=len(train_set), batches_per_epoch=len(train_data),
-                  modalities=model.modalities, hidden_size=config["hidden_size"], max_len=config["MAX_ITEM_LIST_LENGTH"],
+                  modalities=model.modalities, hidden_size=config["hidden_size"],
+                  max_len=config["MAX_ITEM_LIST_LENGTH"],
                   batch=config["train_batch_size"], knn_k=config["knn_k"], n_centers=config["n_centers"],
                   cooc_nnz=int(model.cooc_values.numel()), data_s=data_clock.wall,
                   build_uncached_s=build_clock.wall, build_uncached_cpu_s=build_clock.cpu,

@@ -57,6 +57,7 @@ def main():
     for name in args.runs:
         model, overrides = RUNS[name]
         config = dict(SMALL, epochs=args.epochs, seed=args.seed, show_progress=False, state="INFO",
+                      graph_cache_dir=os.path.abspath("graph_cache"),  # never inside ../shared
                       **DATASETS[args.dataset])
         if model != "MDSRec":
             config = {k: v for k, v in config.items() if k not in ("knn_k", "n_centers")}

@@ -40,6 +40,7 @@ import torch
 
 __all__ = ["topk_cosine", "knn_graph", "normalize_rows", "default_chunk_size"]
 
+GROUP_ROWS = 1024  # approximate mode: mean rows per group of alike rows (measured best)
 _SELF_MODES = {True: "include", False: "exclude", "include": "include", "exclude": "exclude", "add": "add"}
 
 
@@ -215,7 +216,7 @@ def _topk_approx(x, rows, k_eff, mode, rank, n_cand, seed, out_idx, out_val, pro
     z = xv @ _low_rank_basis(xv, rank, seed)
     need = k_eff + (0 if mode == "include" else 1)
     n_cand = int(min(max(n_cand or max(8 * k_eff, 64), need), n_valid))
-    n_lists = int(max(1, min(n_valid, round(math.sqrt(n_valid)))))
+    n_lists = int(max(1, min(n_valid, round(n_valid / GROUP_ROWS))))
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
     sample = torch.randperm(n_valid, generator=gen)[:32 * n_lists].sort().values
     centres, _ = kmeans(z[sample.to(device)].cpu(), n_lists, seed=seed, iters=10)
