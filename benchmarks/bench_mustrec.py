@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", default="{}", help="JSON dict of config overrides")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 steps")
     args = parser.parse_args()
 
     import torch
@@ -78,6 +79,14 @@ def main():
         if index > 0:  # step 0 is warm-up
             step_times.append(time.time() - begin)
             step_cpu.append(time.process_time() - begin_cpu)
+    if args.profile:
+        from torch.profiler import profile
+        with profile() as prof:
+            for _, batch in zip(range(3), train_data):
+                optimizer.zero_grad()
+                model.calculate_loss(batch.to(config["device"])).backward()
+                optimizer.step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     n_batches = len(train_data)
     step_s = sum(step_times) / len(step_times)
     step_cpu_s = sum(step_cpu) / len(step_cpu)

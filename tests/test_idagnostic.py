@@ -480,3 +480,19 @@ def test_loading_other_frozen_weights_clears_the_frozen_cache(toy):
     state[key] = state[key] + 1.0
     model.load_state_dict(state)
     assert model.text_tower._cache is None
+
+
+@pytest.mark.parametrize("text,vision", [("roberta", "swin"), ("electra", "resnet"), ("bert", "vit_mae")])
+def test_each_encoder_family_trains_and_scores_in_the_model(toy, text, vision):
+    vision_cfg = {k: v for k, v in TINY[vision].items() if not (vision == "resnet" and k == "image_size")}
+    model, train, test = make_model(toy, text_encoder_config=TINY[text], vision_encoder_config=vision_cfg,
+                                    image_size=64, fusion="co_attn", dense_train_last_only=False)
+    model.train()
+    loss = model.calculate_loss(first_batch(train))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert next(model.vision_tower.blocks[-1].parameters()).grad is not None
+    assert next(model.text_tower.blocks[-1].parameters()).grad is not None
+    assert all(p.grad is None for p in model.text_tower.blocks[0].parameters())
+    model.eval()
+    assert torch.isfinite(model.full_sort_predict(first_batch(test))).all()
