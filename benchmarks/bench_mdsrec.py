@@ -129,6 +129,9 @@ def main():
         result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
     record.update(eval_s=eval_clock.wall, eval_cpu_s=eval_clock.cpu, eval_users=len(valid_data.dataset),
                   valid=dict(result))
+    import resource
+
+    record.update(max_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
     shutil.rmtree(cache_dir, ignore_errors=True)
     print(json.dumps(record), flush=True)
 

@@ -371,3 +371,17 @@ def test_ml100k_feature_cache_is_reused_and_rebuilt_on_change(tmp_path, monkeypa
         handle.write("1683\tNew Movie\t1998\tDrama\n")
     default.build_ml100k_features({"data_path": str(source)}, str(out))
     assert calls == [1682, 1683] and np.load(out / "text_feat.npy").shape == (1683, 384)
+
+
+def test_model_lookup_leaves_anomaly_detection_off():
+    registry.get_model("SASRec")
+    registry.get_model("SINE")  # its module turns anomaly detection on at import
+    assert not torch.is_anomaly_enabled()
+
+
+def test_graph_cache_never_goes_into_foreign_data_folders(tmp_path, in_tmp, scientific_dir):
+    config = Config(model="SASRec", dataset="scientific", parse_argv=False, config_dict=tiny_run_config(
+        tmp_path, data_path=os.path.dirname(scientific_dir)))
+    dataset = create_dataset(config)
+    assert dataset.graph_cache_dir.startswith(str(tmp_path / "saved"))
+    assert not os.path.realpath(dataset.graph_cache_dir).startswith(os.path.realpath(scientific_dir))

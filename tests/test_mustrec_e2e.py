@@ -9,7 +9,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import init_seed
 
-from conftest import tiny_run_config, write_tiny_dataset
+from conftest import tiny_run_config
 from recbole_mm.config import Config
 from recbole_mm.model.mustrec import MuSTRec, MuSTRecTrainer
 from recbole_mm.quick_start import create_dataset, run_recbole_mm

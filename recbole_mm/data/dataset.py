@@ -19,6 +19,7 @@ from recbole.utils import FeatureSource, FeatureType
 from recbole_mm.data.features import features_fingerprint, load_aligned_features, parse_feature_specs
 
 TARGET_POSITION_FIELD = "mm_target_position"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 class DatasetError(ValueError):
@@ -200,18 +201,22 @@ class MultimodalSequentialDataset(SequentialDataset):
 
     @property
     def graph_cache_dir(self):
-        """Folder for on-disk graph caches: ``graph_cache_dir`` if set, else ``<feature dir>/graph_cache``
-        when writable, else ``saved/graph_cache/<dataset>``."""
+        """Folder for on-disk graph caches: ``graph_cache_dir`` if set; else
+        ``<feature folder>/graph_cache`` when that folder is ours (under the working directory or
+        the repository, e.g. ``dataset/ml-100k``); else ``<checkpoint_dir>/graph_cache/<dataset>``,
+        so shared or read-only data folders are never written to."""
         configured = self.config["graph_cache_dir"]
-        candidates = [configured] if configured else [
-            os.path.join(self.config["mm_feature_path"], "graph_cache"),
-            os.path.join(self.config["checkpoint_dir"] or "saved", "graph_cache", self.dataset_name),
-        ]
-        for folder in candidates:
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError:
-                continue
-            if os.access(folder, os.W_OK):
-                return folder
-        raise DatasetError(f"no writable graph cache folder among {candidates}. Fix: set graph_cache_dir.")
+        if configured:
+            folder = configured
+        else:
+            feature_dir = os.path.realpath(self.config["mm_feature_path"])
+            ours = [os.path.realpath(os.getcwd()), REPO_ROOT]
+            if any(feature_dir == root or feature_dir.startswith(root + os.sep) for root in ours):
+                folder = os.path.join(feature_dir, "graph_cache")
+            else:
+                folder = os.path.join(self.config["checkpoint_dir"] or "saved", "graph_cache", self.dataset_name)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise DatasetError(f"cannot create graph cache folder {folder} ({err}). Fix: set graph_cache_dir.") from None
+        return folder
