@@ -1,4 +1,8 @@
-"""recbole_mm: multimodal sequential recommendation as a RecBole plugin."""
+"""recbole_mm: multimodal sequential recommendation as a RecBole plugin.
+
+The public API is imported lazily so that light commands (``python -m recbole_mm.prepare``)
+start without loading RecBole, Ray and every model.
+"""
 import warnings
 
 __version__ = "0.1.0"
@@ -10,5 +14,17 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.cud
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(thop|ray|hyperopt|pkg_resources)")
 warnings.filterwarnings("ignore", category=UserWarning, message=r".*pkg_resources is deprecated.*")
 
-from recbole_mm.config import Config  # noqa: E402,F401
-from recbole_mm.quick_start import load_data_and_model, objective_function, run_recbole_mm  # noqa: E402,F401
+_LAZY = {
+    "Config": "recbole_mm.config",
+    "run_recbole_mm": "recbole_mm.quick_start",
+    "objective_function": "recbole_mm.quick_start",
+    "load_data_and_model": "recbole_mm.quick_start",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'recbole_mm' has no attribute {name!r}")

@@ -46,6 +46,10 @@ def _default_model(name):
 def run_cli(args, default_model):
     model = args.model or _default_model(default_model)
     config_files = args.config_files.strip().split(" ") if args.config_files else None
+    if args.model is None:  # the main job: a small budget on top of the model's defaults
+        from recbole_mm.config import PROPERTIES_DIR
+
+        config_files = [os.path.join(PROPERTIES_DIR, "default_job.yaml")] + (config_files or [])
     try:
         if args.nproc > 1:
             from recbole_mm.distributed import run_distributed

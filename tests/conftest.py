@@ -13,7 +13,10 @@ from recbole.config import Config as _RecBoleConfig
 # RecBole aliases np.float & co. only when a Config is built; tests that build Interactions
 # or metrics without a Config need them too.
 _RecBoleConfig.compatibility_settings(None)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+import recbole.model.sequential_recommender  # noqa: E402,F401  (its sine.py turns anomaly mode on)
+
+torch.autograd.set_detect_anomaly(False)
+torch.set_num_threads(1)  # tiny models: threads only add overhead
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCIENTIFIC_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "scientific"))
