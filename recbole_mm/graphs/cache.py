@@ -20,11 +20,12 @@ this project writes.
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
 import torch
+
+from recbole_mm.utils import atomic_write
 
 __all__ = ["cached_tensor", "fingerprint", "cache_path", "CACHE_VERSION"]
 
@@ -102,18 +103,7 @@ def _load(path, key_text):
 
 
 def _atomic_save(obj, path):
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def cached_tensor(cache_dir, name, key, builder, map_location=None):

@@ -3,9 +3,10 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from recbole_mm.utils import atomic_write as _atomic_write
 
 
 
@@ -21,27 +22,9 @@ def progress(iterable=None, total=None, desc=None, enabled=True, unit="it"):
                 disable=not enabled or None, leave=False)
 
 
-def _temp_near(path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=folder)
-    return fd, tmp
-
-
 def atomic_write(path, writer, binary=False):
     """Call ``writer(f)`` on a temp file next to ``path``, fsync, then ``os.replace`` it."""
-    fd, tmp = _temp_near(path)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8",
-                       newline=None if binary else "\n") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _atomic_write(path, writer, binary=binary)
 
 
 def atomic_save_npy(path, array):
