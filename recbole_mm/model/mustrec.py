@@ -28,6 +28,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.data.leakage import (check_eval_histories, check_training_graph, history_entries, history_keys,
+                                     is_member)
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
@@ -173,7 +175,7 @@ class MuSTRec(SequentialRecommender):
         inter = dataset.train_interaction_matrix().tocsr()
         if config["leakage_check"]:
             check_training_graph(inter, dataset)
-        self.register_buffer("history_keys", _history_keys(inter, self.n_items), persistent=False)
+        self.register_buffer("history_keys", history_keys(inter, self.n_items), persistent=False)
         self.register_buffer("item_item_graph", None, persistent=False)
         self.register_buffer("ui_graph_full", None, persistent=False)
         self._ui_graph_epoch, self.pruner = None, None
@@ -296,7 +298,7 @@ class MuSTRec(SequentialRecommender):
         negatives = torch.randint(1, self.n_items, users.shape, generator=self._neg_generator)
         keys = self.history_keys.cpu()
         for _ in range(100):
-            clash = _is_member(users * self.n_items + negatives, keys)
+            clash = is_member(users * self.n_items + negatives, keys)
             if not clash.any():
                 break
             negatives[clash] = torch.randint(1, self.n_items, (int(clash.sum()),), generator=self._neg_generator)
@@ -366,7 +368,7 @@ class MuSTRec(SequentialRecommender):
         query, item_table = self._user_and_scores_table(interaction)
         scores = query @ item_table.t()
         if self.stage == "graph":  # stage-1 validation: mask the training history
-            rows, cols = _history_entries(interaction[self.USER_ID], self.history_keys, self.n_items)
+            rows, cols = history_entries(interaction[self.USER_ID], self.history_keys, self.n_items)
             scores[rows, cols] = float("-inf")
         scores[:, 0] = float("-inf")
         return scores
@@ -391,72 +393,6 @@ class MuSTRec(SequentialRecommender):
 
     def optimizer_param_groups(self):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
-
-
-def _history_keys(inter_csr, n_items):
-    """Sorted int64 keys ``u * n_items + i`` of the training interactions."""
-    coo = inter_csr.tocoo()
-    keys = np.unique(coo.row.astype(np.int64) * n_items + coo.col.astype(np.int64))
-    return torch.from_numpy(keys)
-
-
-def _history_entries(users, sorted_keys, n_items):
-    """``(row, item)`` index pairs of the training items of each user in ``users``."""
-    starts = torch.searchsorted(sorted_keys, users * n_items)
-    counts = torch.searchsorted(sorted_keys, (users + 1) * n_items) - starts
-    rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
-    first = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts)
-    flat = first + torch.arange(int(counts.sum()), device=users.device)
-    return rows, sorted_keys[flat] % n_items
-
-
-def _is_member(keys, sorted_keys):
-    if sorted_keys.numel() == 0:
-        return torch.zeros_like(keys, dtype=torch.bool)
-    pos = torch.searchsorted(sorted_keys, keys).clamp_max(sorted_keys.numel() - 1)
-    return sorted_keys[pos] == keys
-
-
-def check_training_graph(inter_csr, dataset):
-    """Leakage check (spec D6): graph edges of each user are exactly its training-sequence items,
-    and every training sample (history + target) uses only those items."""
-    sequences = dataset.train_sequences()
-    for user in range(inter_csr.shape[0]):
-        edges = set(inter_csr.indices[inter_csr.indptr[user]:inter_csr.indptr[user + 1]].tolist())
-        seq = set(np.asarray(sequences[user]).tolist()) if user < len(sequences) else set()
-        if edges != seq:
-            extra = sorted(edges - seq)[:5]
-            raise ValueError(f"MuSTRec leakage_check: user {user} has graph edges {extra} outside its "
-                             f"training sequence (or misses some); the graph must hold training items only")
-    inter = dataset.inter_feat
-    uid, seq_f, len_f, iid = (dataset.uid_field, dataset.item_id_list_field,
-                              dataset.item_list_length_field, dataset.iid_field)
-    if seq_f not in inter or len(inter) == 0:
-        return
-    keys = _history_keys(inter_csr, inter_csr.shape[1])
-    n_items = inter_csr.shape[1]
-    users, items = inter[uid].long(), inter[seq_f].long()
-    used = torch.arange(items.shape[1]).unsqueeze(0) < inter[len_f].unsqueeze(1)
-    row_keys = torch.cat([(users.unsqueeze(1) * n_items + items)[used], users * n_items + inter[iid].long()])
-    if not bool(_is_member(row_keys, keys).all()):
-        raise ValueError("MuSTRec leakage_check: a training sample uses an item that is not a training "
-                         "edge of its user (split and sequences disagree)")
-
-
-def check_eval_histories(dataset, eval_dataset, max_len):
-    """Leakage check at fit start: each evaluation row's input is the tail of the user's training
-    sequence (valid) or training sequence + validation target (test), so the graph holds exactly
-    the items strictly before the validation target."""
-    sequences = dataset.train_sequences()
-    inter = eval_dataset.inter_feat
-    seq_f = dataset.item_id_list_field
-    users, lengths = inter[dataset.uid_field].tolist(), inter[dataset.item_list_length_field].tolist()
-    histories = inter[seq_f].tolist()
-    for user, length, history in zip(users, lengths, histories):
-        train = list(np.asarray(sequences[user]).tolist())
-        if history[:length] != train[-length:] or (length < max_len and len(train) != length):
-            raise ValueError(f"MuSTRec leakage_check: user {user}'s validation input is not the end of "
-                             "its training sequence; split, sequences and graph disagree")
 
 
 class MuSTRecTrainer(MMTrainer):
