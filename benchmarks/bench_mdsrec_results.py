@@ -52,7 +52,6 @@ def main():
 
     torch.set_num_threads(args.threads)
     registry.get_model("SASRec")  # RecBole's SINE module turns on anomaly mode when imported
-    torch.autograd.set_detect_anomaly(False)
     extra = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     for name in args.runs:
         model, overrides = RUNS[name]

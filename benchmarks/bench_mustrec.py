@@ -33,8 +33,6 @@ def main():
     args = parser.parse_args()
 
     import torch
-    import recbole.model.sequential_recommender  # noqa: F401  (sine.py turns on anomaly detection)
-    torch.autograd.set_detect_anomaly(False)
     torch.set_num_threads(args.threads)
     from recbole.data import data_preparation
     from recbole.utils import init_seed

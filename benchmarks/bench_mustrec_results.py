@@ -50,8 +50,6 @@ def main():
     args = parser.parse_args()
 
     import torch
-    import recbole.model.sequential_recommender  # noqa: F401  (sine.py turns on anomaly detection)
-    torch.autograd.set_detect_anomaly(False)
     torch.set_num_threads(args.threads)
     from recbole_mm.quick_start import run_recbole_mm
 

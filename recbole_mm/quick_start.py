@@ -6,6 +6,7 @@ import pickle
 import sys
 from logging import getLogger
 
+import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 from recbole.utils import ModelType, get_environment, init_logger, init_seed, set_color
@@ -165,8 +166,8 @@ def load_data_and_model(model_file):
     config = checkpoint["config"]
     # a checkpoint written by a distributed run reloads in this single process
     config["single_spec"], config["local_rank"], config["world_size"] = True, 0, 1
-    if config["device"] is not None and config["device"].type == "cuda" and not __import__("torch").cuda.is_available():
-        config["device"] = __import__("torch").device("cpu")
+    if config["device"] is not None and config["device"].type == "cuda" and not torch.cuda.is_available():
+        config["device"] = torch.device("cpu")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

@@ -8,8 +8,6 @@ import importlib
 import os
 import pkgutil
 
-import torch
-
 from recbole.model.abstract_recommender import AbstractRecommender
 
 # RecBole's model packages that work without optional third-party libraries.
@@ -88,15 +86,6 @@ def get_model(name):
 
     Raises :class:`UnknownNameError` with one line listing what exists.
     """
-    try:
-        return _get_model(name)
-    finally:
-        # RecBole's sequential_recommender/sine.py switches autograd anomaly detection on at import
-        # time, for the whole process; it slows every training step severalfold.
-        torch.autograd.set_detect_anomaly(False)
-
-
-def _get_model(name):
     if not isinstance(name, str):
         return name
     ours = _our_model_classes()

@@ -24,22 +24,6 @@ SMALL = dict(hidden_size=16, inner_size=32, n_centers=4, knn_k=3, MAX_ITEM_LIST_
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _no_anomaly_mode():
-    """Importing RecBole's sequential models runs SINE's module-level
-    ``torch.autograd.set_detect_anomaly(True)``, which makes every op record a stack trace
-    (several times slower). Import everything the registry imports first, then switch it off."""
-    from recbole_mm import registry
-
-    registry.get_model("MDSRec")
-    previous, threads = torch.is_anomaly_enabled(), torch.get_num_threads()
-    torch.autograd.set_detect_anomaly(False)
-    torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation
-    yield
-    torch.autograd.set_detect_anomaly(previous)
-    torch.set_num_threads(threads)
-
-
 class TinyDataset:
     """The dataset contract (docs/architecture.md) on in-memory data."""
 

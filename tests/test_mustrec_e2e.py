@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import recbole.model.sequential_recommender  # noqa: F401  (its sine.py enables anomaly detection)
 import torch
 from recbole.data import data_preparation
 from recbole.utils import init_seed
@@ -14,7 +13,6 @@ from recbole_mm.config import Config
 from recbole_mm.model.mustrec import MuSTRec, MuSTRecTrainer
 from recbole_mm.quick_start import create_dataset, run_recbole_mm
 
-torch.autograd.set_detect_anomaly(False)  # RecBole's side effect makes training ~10x slower
 
 SMALL = dict(embedding_size=8, hidden_size=8, inner_size=16, knn_k=3, train_batch_size=64,
              load_col={"inter": ["user_id", "item_id", "timestamp"]})

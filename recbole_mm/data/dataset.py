@@ -190,14 +190,19 @@ class MultimodalSequentialDataset(SequentialDataset):
 
     @property
     def fingerprint(self):
-        """Hex id of the features and (on the training split) the training interactions."""
+        """Hex id of the features and (on the training split) the training interactions.
+        Computed once per split object: every graph builder of a model keys its cache on it."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None and cached[0] == self.split_name:
+            return cached[1]
         digest = hashlib.sha1(self._features_fingerprint.encode())
         digest.update(f"{self.user_num}:{self.item_num}:{self.split_name}".encode())
         if self.split_name == "train":
             matrix = self.train_interaction_matrix()
             digest.update(matrix.indptr.tobytes())
             digest.update(matrix.indices.tobytes())
-        return digest.hexdigest()
+        self._fingerprint = (self.split_name, digest.hexdigest())
+        return self._fingerprint[1]
 
     @property
     def graph_cache_dir(self):
