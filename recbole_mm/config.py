@@ -23,6 +23,14 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the key and the fix."""
 
 
+def require_cross_entropy(config, model_name, error_class=ConfigError):
+    """Refuse any ``loss_type`` but CE for models trained with cross-entropy over all items."""
+    if config["loss_type"] != "CE":
+        raise error_class(f"{model_name} trains with cross-entropy over all items; config key 'loss_type' "
+                          f"must be CE, got {config['loss_type']!r}. Fix: set loss_type: CE and "
+                          f"train_neg_sample_args: ~ (properties/model/{model_name}.yaml).")
+
+
 class Config(RecBoleConfig):
     """RecBole ``Config`` that knows recbole_mm's models and property files.
 
@@ -110,9 +118,10 @@ class Config(RecBoleConfig):
         lr = cfg.get("learning_rate")
         if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
             raise ConfigError(f"config key 'learning_rate' must be a positive number, got {lr!r}.")
-        mask = cfg.get("mask_history_items")
-        if mask is not None and not isinstance(mask, bool):
-            raise ConfigError(f"config key 'mask_history_items' must be true or false, got {mask!r}.")
+        for key in ("mask_history_items", "fused_optimizer"):
+            flag = cfg.get(key)
+            if flag is not None and not isinstance(flag, bool):
+                raise ConfigError(f"config key '{key}' must be true or false, got {flag!r}.")
         features = cfg.get("multimodal_features")
         if features is not None and not isinstance(features, dict):
             raise ConfigError(

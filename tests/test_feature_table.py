@@ -1,0 +1,49 @@
+"""FeatureTable: nn.Embedding's gradient, bit for bit, in a recycled buffer."""
+import torch
+
+from recbole_mm.model.layers.feature_table import FeatureTable
+
+
+def lookups(table, steps, zero_grad):
+    """Gradients after each step of a small quadratic loss through the table's rows."""
+    generator = torch.Generator().manual_seed(1)
+    weight_out = torch.randn(7, 3, generator=generator)
+    grads, pointers = [], []
+    for _ in range(steps):
+        index = torch.randint(0, 50, (4, 6), generator=generator)
+        if zero_grad:
+            table.weight.grad = None  # what optimizer.zero_grad() does (set_to_none=True)
+        (table(index) @ weight_out).pow(2).sum().backward()
+        grads.append(table.weight.grad.clone())
+        pointers.append(table.weight.grad.data_ptr())
+    return grads, pointers
+
+
+def test_gradient_equals_embedding_and_buffer_is_reused():
+    features = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
+    ours, pointers = lookups(FeatureTable(features), 4, zero_grad=True)
+    reference, _ = lookups(torch.nn.Embedding.from_pretrained(features.clone(), freeze=False), 4, zero_grad=True)
+    for a, b in zip(ours, reference):
+        assert torch.equal(a, b) and a.abs().sum() > 0
+    assert len(set(pointers[1:])) == 1  # no new gradient tensor after the first step
+
+
+def test_accumulating_without_zero_grad_is_not_overwritten():
+    features = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
+    ours, _ = lookups(FeatureTable(features), 3, zero_grad=False)
+    reference, _ = lookups(torch.nn.Embedding.from_pretrained(features.clone(), freeze=False), 3, zero_grad=False)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(ours[2], ours[0])  # the sum really grew
+
+
+def test_frozen_table_and_no_grad_lookup():
+    features = torch.arange(12.0).view(4, 3)
+    frozen = FeatureTable(features, trainable=False)
+    rows = frozen(torch.tensor([[3, 0]]))
+    assert torch.equal(rows, features[[3, 0]].unsqueeze(0)) and not rows.requires_grad
+    assert frozen.weight.grad is None and not frozen.weight.requires_grad
+    with torch.no_grad():
+        assert torch.equal(FeatureTable(features)(torch.tensor([1])), features[[1]])
+    features[0, 0] = 99.0  # the table owns a copy
+    assert frozen.weight[0, 0] == 0
