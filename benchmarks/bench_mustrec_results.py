@@ -56,10 +56,12 @@ def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in args.runs.split(","):
         model, overrides = RUNS[name]
-        config = {**COMMON, **SETTINGS[args.dataset], **overrides, **json.loads(args.set),
-                  "checkpoint_dir": os.path.join("/tmp", "mustrec_results_saved")}
+        # --set may move checkpoint_dir: parallel runs must not share it (RecBole names
+        # checkpoints by model and start second)
+        config = {**COMMON, **SETTINGS[args.dataset], **overrides,
+                  "checkpoint_dir": os.path.join("/tmp", "mustrec_results_saved"), **json.loads(args.set)}
         if args.dataset == "scientific":
-            config["data_path"] = os.path.normpath(os.path.join(repo, "..", "shared", "datasets"))
+            config.setdefault("data_path", os.path.normpath(os.path.join(repo, "..", "shared", "datasets")))
         else:
             config["mm_feature_path"] = os.path.join(repo, "dataset", "ml-100k")
         if model == "SASRec":
