@@ -4,6 +4,7 @@
 :mod:`recbole_mm.model`; nothing is registered by hand. RecBole's own models come next,
 so baselines (SASRec, GRU4Rec, BERT4Rec, ...) run through the same entry point.
 """
+import difflib
 import importlib
 import os
 import pkgutil
@@ -74,11 +75,25 @@ def _recbole_model_class(package, module_name, wanted):
     return None
 
 
+def _recbole_class_names():
+    """RecBole's model class names as written (SASRec, BERT4Rec), from each family's package."""
+    names = set()
+    for package in _RECBOLE_MODEL_PACKAGES:
+        try:
+            module = importlib.import_module(f"recbole.model.{package}")
+        except Exception:  # noqa: BLE001 - a family with missing extras: fall back to module names
+            names.update(module for family, module in _recbole_model_names().values() if family == package)
+            continue
+        names.update(attr.__name__ for attr in vars(module).values()
+                     if isinstance(attr, type) and issubclass(attr, AbstractRecommender)
+                     and attr.__module__.startswith(f"recbole.model.{package}."))
+    return names
+
+
 def available_models():
-    """Sorted list of (our models, RecBole's models) class-name strings."""
+    """Sorted lists of (our models, RecBole's models) class names."""
     ours = sorted(cls.__name__ for cls in _our_model_classes().values())
-    theirs = sorted(module for _, module in _recbole_model_names().values())
-    return ours, theirs
+    return ours, sorted(_recbole_class_names(), key=str.lower)
 
 
 def get_model(name):
@@ -98,9 +113,12 @@ def get_model(name):
         if cls is not None:
             return cls
     our_names, their_names = available_models()
+    by_lower = {n.lower(): n for n in our_names + their_names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.75)
+    hint = f" Did you mean {by_lower[close[0]]}?" if close else ""
     broken = "".join(f" (recbole_mm.model.{m} failed to import: {e})" for m, e in _BROKEN_MODULES.items())
     raise UnknownNameError(
-        f"unknown model '{name}'. recbole_mm models: {', '.join(our_names) or '(none)'}; "
+        f"unknown model '{name}'.{hint} recbole_mm models: {', '.join(our_names) or '(none)'}; "
         f"RecBole models: {', '.join(their_names)}{broken}"
     )
 

@@ -35,8 +35,14 @@ def test_registry_finds_recbole_and_rejects_unknown():
 
     assert registry.get_model("SASRec") is SASRec
     assert registry.get_model("sasrec") is SASRec
-    with pytest.raises(registry.UnknownNameError, match="unknown model 'NoSuchModel'.*SASRec|sasrec"):
+    with pytest.raises(registry.UnknownNameError, match="unknown model 'NoSuchModel'") as error:
         registry.get_model("NoSuchModel")
+    assert "Did you mean" not in str(error.value)
+    assert "BERT4Rec, " in str(error.value) and "MuSTRec" in str(error.value)  # class names as written
+    with pytest.raises(registry.UnknownNameError, match="Did you mean SASRec[?]"):
+        registry.get_model("SASRecc")
+    with pytest.raises(registry.UnknownNameError, match="Did you mean MuSTRec[?]"):
+        registry.get_model("mustrek")
 
 
 def test_overall_yaml_does_not_override_baseline_defaults(tmp_path):
