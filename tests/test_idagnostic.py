@@ -10,10 +10,9 @@ import socket
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from recbole_mm.model.layers.encoders import (TextTower, find_blocks, freeze_bottom,
-                                              load_hf_encoder)
+from recbole_mm.model.layers.encoder_blocks import find_blocks, freeze_bottom, load_hf_encoder
+from recbole_mm.model.layers.encoders import TextTower
 from recbole_mm.model.layers.fusion import FUSIONS, build_fusion
 
 torch.set_num_threads(1)

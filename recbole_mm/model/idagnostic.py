@@ -33,8 +33,8 @@ from recbole.utils import InputType
 from recbole_mm.data.raw_items import (HashWordTokenizer, ImageStore, load_item_image_paths,
                                        load_item_texts, tokenize_texts)
 from recbole_mm.model.layers.backbones import build_backbone
-from recbole_mm.model.layers.encoders import (TextTower, TokenProjection, VisionTower,
-                                              load_hf_encoder)
+from recbole_mm.model.layers.encoder_blocks import load_hf_encoder
+from recbole_mm.model.layers.encoders import TextTower, TokenProjection, VisionTower
 from recbole_mm.model.layers.fusion import build_fusion, masked_mean
 from recbole_mm.trainer import MMTrainer, load_checkpoint
 
