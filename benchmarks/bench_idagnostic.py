@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def ranks_of_targets(model, loader, device):
     """(rank of the target among all items, target id) for every row of ``loader``."""
     ranks, targets = [], []
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         for batch in loader:
@@ -37,6 +38,7 @@ def ranks_of_targets(model, loader, device):
             # ties (items with identical text get identical vectors) rank above the target
             ranks.append(((scores >= target_score).sum(1) - 1).cpu())
             targets.append(item.cpu())
+    model.train(was_training)
     return torch.cat(ranks), torch.cat(targets)
 
 

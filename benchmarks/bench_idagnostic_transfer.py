@@ -19,11 +19,16 @@ Commands (one core; run from a scratch folder so RecBole's log/ goes there)::
 
     mkdir -p /tmp/transfer/run && cd /tmp/transfer/run
     B=/work/main/benchmarks/bench_idagnostic_transfer.py
-    OMP_NUM_THREADS=1 python $B --runs source --source_epochs 2 --out /tmp/transfer/results.jsonl
-    OMP_NUM_THREADS=1 python $B --runs scratch transfer --epochs 3 --out /tmp/transfer/results.jsonl
-    # the 1-epoch budget is the per-epoch test after epoch 1 of these 3-epoch runs (no lr schedule,
-    # same seed: a separate --epochs 1 run trains exactly the same first epoch); to check:
-    OMP_NUM_THREADS=1 python $B --runs scratch --epochs 1 --out /tmp/transfer/results.jsonl
+    export OMP_NUM_THREADS=1 OUT=/tmp/transfer/results.jsonl
+    # source: every prefix row (ml-100k users have ~100 items; the default trains on the last 20 only)
+    python $B --runs source --source_epochs 2 --source_config '{"dense_train_last_only": false}' --out $OUT
+    python $B --runs scratch transfer --epochs 3 --out $OUT                      # seed 2020
+    python $B --runs scratch transfer --epochs 3 --config '{"seed": 2021}' --out $OUT
+    python $B --runs scratch transfer --epochs 3 --config '{"seed": 2022}' --out $OUT
+    python $B --runs scratch transfer --epochs 25 --config '{"stopping_step": 5}' --out $OUT
+    # a 1-epoch run trains exactly epoch 1 of the longer runs of the same seed (no lr schedule;
+    # the per-epoch test pass restores torch's RNG state):
+    python $B --runs scratch transfer --epochs 1 --out $OUT
 
 ``--runs transfer`` uses ``--source_ckpt`` or else the checkpoint of the last ``source`` line
 of ``--out``. One JSON line per run is appended to ``--out``.
@@ -31,7 +36,6 @@ of ``--out``. One JSON line per run is appended to ``--out``.
 import argparse
 import glob
 import json
-import math
 import os
 import sys
 import time
@@ -41,6 +45,9 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_idagnostic import hit_ndcg, ranks_of_targets  # noqa: E402  (same ranking and metrics)
 
 COMMON = {
     "modality": "text",
@@ -53,33 +60,6 @@ COMMON = {
     "stopping_step": 10,
     "show_progress": False,
 }
-
-
-def ranks_of_targets(model, loader, device):
-    """0-based rank of each test target among all items (ties counted against the target,
-    as in bench_idagnostic.py) and the target ids."""
-    ranks, targets = [], []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            interaction = batch[0].to(device)
-            scores = model.full_sort_predict(interaction).view(len(interaction), -1)
-            scores[:, 0] = -math.inf
-            item = interaction[model.ITEM_ID]
-            target_score = scores.gather(1, item.unsqueeze(1))
-            ranks.append(((scores >= target_score).sum(1) - 1).cpu())
-            targets.append(item.cpu())
-    model.train(was_training)
-    return torch.cat(ranks), torch.cat(targets)
-
-
-def hit_ndcg(ranks, k=10):
-    if len(ranks) == 0:
-        return {"n": 0}
-    hit = (ranks < k).float()
-    ndcg = hit / torch.log2(ranks.float() + 2)
-    return {"n": len(ranks), f"hit@{k}": round(hit.mean().item(), 4), f"ndcg@{k}": round(ndcg.mean().item(), 4)}
 
 
 class Probe:
