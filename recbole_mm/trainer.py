@@ -132,6 +132,10 @@ class MMTrainer(SafeLoadMixin, Trainer):
                 kwargs.get("weight_decay", self.weight_decay),
             )
             if optimizer is not None:
+                weight_decay, reg_weight = kwargs.get("weight_decay", self.weight_decay), self.config["reg_weight"]
+                if isinstance(reg_weight, (int, float)) and weight_decay and weight_decay * reg_weight > 0:
+                    self.logger.warning("The parameters [weight_decay] and [reg_weight] are specified "
+                                        "simultaneously, which may lead to double regularization.")  # as RecBole
                 return optimizer
         return super()._build_optimizer(**kwargs)
 

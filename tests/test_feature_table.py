@@ -47,3 +47,20 @@ def test_frozen_table_and_no_grad_lookup():
         assert torch.equal(FeatureTable(features)(torch.tensor([1])), features[[1]])
     features[0, 0] = 99.0  # the table owns a copy
     assert frozen.weight[0, 0] == 0
+
+
+def test_gradient_kept_elsewhere_or_other_dtype_is_not_reused():
+    features = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
+    table = FeatureTable(features)
+    lookups(table, 1, zero_grad=True)
+    held = table.weight.grad  # e.g. a logging callback keeping last step's gradient
+    snapshot = held.clone()
+    table.weight.grad = None
+    table(torch.tensor([3, 3, 49])).sum().backward()  # other rows than the first step's
+    assert torch.equal(held, snapshot) and table.weight.grad is not held
+    assert table.weight.grad[3].eq(2).all() and table.weight.grad.sum() == 3 * 7
+    table.double()  # the spare buffer is float32: a new float64 gradient is made
+    weight_out = torch.randn(7, 3, dtype=torch.float64)
+    table.weight.grad = None
+    (table(torch.tensor([1, 2])) @ weight_out).sum().backward()
+    assert table.weight.grad.dtype == torch.float64

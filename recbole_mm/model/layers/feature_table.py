@@ -3,11 +3,15 @@
 A trainable table (MuSTRec/FREEDOM fine-tune the raw 4,096-d image features) gets a dense
 gradient every step, which autograd allocates afresh: on CPU the page faults of that allocation
 (115 MB for Baby's 7,050 x 4,096 table) cost more than the rest of the table's backward.
-:class:`FeatureTable` hands autograd the previous step's gradient tensor instead, zeroed and
-refilled, so after the first step no step allocates it. The gradient is the same as
-``nn.Embedding``'s, bit for bit; if the previous gradient is still attached to the parameter
-(gradient accumulation without ``zero_grad``), a fresh tensor is used and nothing is overwritten.
+On CPU, :class:`FeatureTable` hands autograd the previous step's gradient tensor instead, zeroed
+and refilled, so after the first step no step allocates it; the gradient equals
+``nn.Embedding``'s, bit for bit. The old tensor is reused only when nothing else holds it: if it
+is still attached to the parameter (gradient accumulation without ``zero_grad``), kept by other
+code, or on another device or dtype, a fresh tensor is used and nothing is overwritten. On other
+devices the lookup is plain ``F.embedding`` (``index_add_`` is not deterministic on CUDA).
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,11 +50,16 @@ class FeatureTable(nn.Module):
     def take_gradient_buffer(self):
         """A zeroed tensor shaped like the table: last step's gradient if it is free, else new."""
         buffer, self._spare_gradient = self._spare_gradient, None  # drop our reference: autograd may keep it
-        if buffer is None or buffer is self.weight.grad or buffer.shape != self.weight.shape:
-            return torch.zeros_like(self.weight)
-        return buffer.zero_()
+        reusable = (
+            buffer is not None
+            and buffer is not self.weight.grad
+            and sys.getrefcount(buffer) <= 2  # only this frame's name and getrefcount's argument
+            and (buffer.shape, buffer.dtype, buffer.device) == (self.weight.shape, self.weight.dtype,
+                                                               self.weight.device)
+        )
+        return buffer.zero_() if reusable else torch.zeros_like(self.weight)
 
     def forward(self, index):
-        if self.weight.requires_grad and torch.is_grad_enabled():
+        if self.weight.requires_grad and torch.is_grad_enabled() and self.weight.device.type == "cpu":
             return _GatherRows.apply(self.weight, index.reshape(-1), self).view(*index.shape, -1)
         return F.embedding(index, self.weight)
