@@ -132,7 +132,7 @@ def main():
     if "exact" in by_mode and "dense" in by_mode:
         dense, exact = by_mode["dense"], by_mode["exact"]
         dense["exact_speedup_vs_dense"] = round(dense["wall_s"] / exact["wall_s"], 3)
-    print(f"\n| mode | N x d | wall s | cpu s | peak RSS GB | notes |\n|---|---|---|---|---|---|")
+    print("\n| mode | N x d | wall s | cpu s | peak RSS GB | notes |\n|---|---|---|---|---|---|")
     for r in results:
         notes = ", ".join(f"{k}={v}" for k, v in r.items()
                           if k.startswith(("ratio", "recall", "approx", "exact_speedup")))

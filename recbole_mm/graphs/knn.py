@@ -33,7 +33,6 @@ Approximate mode (``approx_dim=r``, optional, CPU speed-up; exact stays the defa
     with the same tie rule. Reported values are always exact cosines; a miss can only drop
     a true neighbour. Recall against exact: ``benchmarks/bench_knn.py``.
 """
-import math
 import warnings
 
 import torch
