@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_run_config
 from recbole_mm import registry
 from recbole_mm.config import Config
-from recbole_mm.trainer import MMTrainer, build_fused_optimizer
+from recbole_mm.trainer import MMTrainer, fused_twin
 from test_mustrec import FakeDataset, build
 
 
@@ -25,7 +25,7 @@ def test_fused_adam_matches_recbole_adam_on_mustrec():
     fused_model = copy.deepcopy(reference)
     # RecBole's own construction (Trainer._build_optimizer, learner adam) is the slow reference
     train_steps(reference, dataset, torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=0.001))
-    optimizer = build_fused_optimizer("adam", fused_model.parameters(), 0.01, 0.001)
+    optimizer = fused_twin(torch.optim.Adam(fused_model.parameters(), lr=0.01, weight_decay=0.001))
     assert optimizer.defaults["fused"] is True
     train_steps(fused_model, dataset, optimizer)
     moved = 0
@@ -40,13 +40,15 @@ def test_fused_adam_matches_recbole_adam_on_mustrec():
 def test_fused_optimizer_keeps_param_groups_and_falls_back():
     weight, bias = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.zeros(2))
     groups = [{"params": [weight], "lr": 0.5}, {"params": [bias]}]
-    optimizer = build_fused_optimizer("AdamW", groups, 0.01, 0.1)
+    optimizer = fused_twin(torch.optim.AdamW(groups, lr=0.01, weight_decay=0.1))
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    assert all(g["fused"] for g in optimizer.param_groups)
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.01]
-    assert build_fused_optimizer("sgd", [weight], 0.01, 0.0) is None  # no fused kernel asked for
-    assert build_fused_optimizer("adam", [], 0.01, 0.0) is None
-    assert build_fused_optimizer("adam", [torch.nn.Parameter(torch.ones(2, dtype=torch.int64),
-                                                             requires_grad=False)], 0.01, 0.0) is None
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.1]
+    sgd = torch.optim.SGD([weight], lr=0.01)
+    assert fused_twin(sgd) is sgd  # no fused kernel asked for
+    integer = torch.optim.Adam([torch.nn.Parameter(torch.ones(2, dtype=torch.int64), requires_grad=False)])
+    assert fused_twin(integer) is integer
 
 
 @pytest.mark.parametrize("overrides,fused", [({}, True), ({"fused_optimizer": False}, None),
