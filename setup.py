@@ -1,7 +1,7 @@
 """recbole_mm: multimodal sequential recommendation for RecBole.
 
 Pins are the working set checked on Python 3.11 (see README): RecBole 1.2.1 needs ray<=2.6.3,
-which has no wheel beyond Python 3.11; numpy 2, pandas 3, pyarrow 26 and setuptools 81+ each
+which has no wheel beyond Python 3.11; numpy 2, pandas 3, pyarrow 26, setuptools 81+ and scipy 1.13+ each
 break RecBole or Ray, and hyperopt 0.2.7+ breaks RecBole's exhaustive search.
 """
 from setuptools import find_packages, setup
@@ -13,7 +13,7 @@ CORE = [
     "pandas<3",
     "pyarrow<26",
     "setuptools<81",
-    "scipy",
+    "scipy<1.13",  # RecBole's graph baselines (LightGCN, NGCF, NCL, ...) call dok_matrix._update, gone in 1.13
     "scikit-learn",
     "pyyaml",
     "tqdm",
@@ -26,6 +26,7 @@ EXTRAS = {
     "tune": ["ray[tune]==2.6.3", "hyperopt==0.2.5"],
     "vision": ["transformers>=4.40", "pillow"],
     "test": ["pytest>=7"],
+    "benchmark": ["matplotlib>=3.7"],  # figures of run_benchmark.py report
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # The CPU build checked on the project's machines; GPU users install their own torch>=2.6 instead.

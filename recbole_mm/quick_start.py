@@ -6,6 +6,7 @@ import pickle
 import sys
 from logging import getLogger
 
+import numpy as np
 import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
@@ -99,9 +100,14 @@ def _build_model(config, train_data):
 
 
 def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-                   parse_argv=False, queue=None):
+                   parse_argv=False, queue=None, record_target_ranks=False):
     """Train and evaluate one model; returns RecBole's result dict
-    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``)."""
+    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``) plus
+    ``training`` (epochs run, best epoch, whether patience stopped it, every validation result).
+
+    ``record_target_ranks=True`` adds ``test_target_ranks``: for every test row the user and
+    target item tokens and the target's rank among all items (after history masking), from
+    which per-user metrics follow (``recbole_mm.benchmark.metrics``)."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, parse_argv=parse_argv)
     init_seed(config["seed"], config["reproducibility"])
@@ -120,6 +126,8 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    if record_target_ranks:
+        trainer.target_ranks = []
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
@@ -130,7 +138,10 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        "training": trainer.training_summary(),
     }
+    if record_target_ranks:
+        result["test_target_ranks"] = target_rank_table(trainer.target_ranks, dataset, train_data.dataset)
     if not config["single_spec"]:
         import torch.distributed as dist
 
@@ -138,6 +149,29 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
     if config["local_rank"] == 0 and queue is not None:
         queue.put(result)
     return result
+
+
+def training_item_counts(train_dataset):
+    """How often each item id occurs in the training split (repeats counted)."""
+    if hasattr(train_dataset, "train_sequences"):  # recbole_mm's sequential dataset: full sequences
+        sequences = train_dataset.train_sequences()
+        items = np.concatenate(sequences) if sequences else np.zeros(0, dtype=np.int64)
+    else:  # RecBole's general datasets: one row per interaction
+        items = train_dataset.inter_feat[train_dataset.iid_field].numpy()
+    return np.bincount(items.astype(np.int64), minlength=train_dataset.item_num)
+
+
+def target_rank_table(recorded, dataset, train_dataset):
+    """(user ids, item ids, ranks) batches of a trainer → user and item tokens, the target's rank
+    and how often the target occurs in the training split, as plain lists."""
+    users = torch.cat([batch[0] for batch in recorded]).numpy() if recorded else np.zeros(0, dtype=np.int64)
+    items = torch.cat([batch[1] for batch in recorded]).numpy() if recorded else np.zeros(0, dtype=np.int64)
+    ranks = torch.cat([batch[2] for batch in recorded]).tolist() if recorded else []
+    counts = training_item_counts(train_dataset)
+    user_tokens = dataset.field2id_token[dataset.uid_field]
+    item_tokens = dataset.field2id_token[dataset.iid_field]
+    return {"user": [str(user_tokens[u]) for u in users], "item": [str(item_tokens[i]) for i in items],
+            "rank": [int(r) for r in ranks], "train_count": [int(counts[i]) for i in items]}
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

@@ -7,6 +7,9 @@
   for sequential models, which stays the default.
 * Model hooks (all optional, see ``docs/architecture.md``): ``on_epoch_start(epoch)``,
   ``on_train_step_end()``, ``on_eval_start()``, ``optimizer_param_groups()``.
+* Every trainer records what a benchmark needs to judge a run: ``valid_history`` (one entry per
+  validation: epoch, score, metrics), ``epochs_run``, and, when ``target_ranks`` is set to a list
+  before a full-sort evaluation, the rank of every evaluated target (see :meth:`training_summary`).
 """
 import torch
 from recbole.data.interaction import Interaction
@@ -30,6 +33,31 @@ class SafeLoadMixin:
         with distributed.defer_ddp(config) as is_distributed:
             super().__init__(config, model)
         distributed.setup_trainer(self, is_distributed)
+        self.valid_history = []  # one dict per validation: epoch, score and every metric
+        self.epochs_run = 0
+        self.target_ranks = None  # set to [] to record (user, item, rank) of each full-sort target
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.epochs_run = epoch_idx + 1
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.valid_history.append({"epoch": self.epochs_run - 1, "score": float(valid_score),
+                                   **{key: float(value) for key, value in valid_result.items()}})
+        return valid_score, valid_result
+
+    def training_summary(self):
+        """Epochs run, the best validation epoch (RecBole's rule: the last of equal scores) and
+        whether patience stopped the run (False: it reached the ``epochs`` cap)."""
+        best_epoch, best = None, None
+        for entry in self.valid_history:
+            better = best is None or (entry["score"] >= best if self.valid_metric_bigger else entry["score"] <= best)
+            if better:
+                best_epoch, best = entry["epoch"], entry["score"]
+        return {"epochs_run": self.epochs_run, "best_epoch": best_epoch,
+                "stopped_by_patience": self.cur_step > self.stopping_step,
+                "valid_history": list(self.valid_history)}
 
     # distributed: no rank reads the checkpoint before rank 0 has written it
     def _save_checkpoint(self, *args, **kwargs):
@@ -74,7 +102,18 @@ class SafeLoadMixin:
                 interaction[self.config["USER_ID_FIELD"]].cpu(), interaction[TARGET_POSITION_FIELD].cpu()
             )
             history_index = tuple(index.to(self.device) for index in history_index)
-        return super()._full_sort_batch_eval((interaction, history_index, positive_u, positive_i))
+        result = super()._full_sort_batch_eval((interaction, history_index, positive_u, positive_i))
+        if self.target_ranks is not None:
+            self._record_target_ranks(*result)
+        return result
+
+    def _record_target_ranks(self, interaction, scores, positive_u, positive_i):
+        """Rank of each target among all items (1 = top; ties counted in the target's favour),
+        with the row's user id: per-user metrics for paired tests and item-subset studies."""
+        target_scores = scores[positive_u, positive_i]
+        ranks = (scores[positive_u] > target_scores[:, None]).sum(dim=1) + 1
+        users = interaction[self.config["USER_ID_FIELD"]].to(positive_u.device)[positive_u]
+        self.target_ranks.append((users.cpu(), positive_i.cpu(), ranks.cpu()))
 
 
 _SAFE_CLASSES = {}

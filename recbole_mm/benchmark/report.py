@@ -1,0 +1,377 @@
+"""Tables, significance tests and figures from a results file, and the generated results page.
+
+Nothing here is typed by hand: every number comes from the rows of the JSONL results file and
+the split tables next to it; the protocol paragraph is read from the grid's protocol files.
+
+Which rows count: for an entry with a search space, the best trial on validation (its seed is the
+grid's first) plus the ``final`` rows of the other seeds run with the chosen values; for other
+entries, the ``final`` rows. When a cell was run twice, its last row counts.
+"""
+import math
+import os
+
+import numpy as np
+import yaml
+
+from recbole_mm.benchmark.metrics import mean_sd, paired_t_p, per_user, wilcoxon_p
+
+METRICS = ("hit@10", "hit@20", "ndcg@10", "ndcg@20", "mrr@20")
+LABELS = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall"}
+COLD_THRESHOLD = 10  # IDAgnostic paper: a target seen fewer than 10 times in training is cold
+
+
+def metric_label(metric):
+    name, k = metric.split("@")
+    return f"{LABELS.get(name, name)}@{k}"
+
+
+# ------------------------------------------------------------------ selecting rows
+def selected_runs(rows, grid):
+    """{(entry, dataset): {"runs": [rows by seed], "params": chosen values, "trials": n}}."""
+    latest = {}
+    for row in rows:
+        if row.get("status") == "ok":
+            latest[row["key"]] = row  # the last row of a key wins
+    groups = {}
+    for row in latest.values():
+        groups.setdefault((row["entry"], row["dataset"]), []).append(row)
+    selected = {}
+    for (entry_name, dataset), members in groups.items():
+        entry = grid.entries.get(entry_name)
+        if entry is None or dataset not in grid.datasets:
+            continue
+        trials = [r for r in members if r["role"] == "trial"]
+        if entry.search and dataset not in grid.tuned_on:
+            expected = len(entry.search_grid())
+            if len(trials) < expected:
+                continue  # tuning unfinished: no choice yet
+            best = max(trials, key=lambda r: r["best_valid_score"])
+            best = next(r for r in trials if r["best_valid_score"] == best["best_valid_score"]
+                        and r["params"] == _first_best(trials, entry)["params"])
+            runs = [best] + [r for r in members if r["role"] == "final" and r["params"] == best["params"]]
+            params = best["params"]
+        else:
+            runs = [r for r in members if r["role"] == "final"]
+            params = runs[0]["params"] if runs else {}
+        runs = [r for r in runs if r["seed"] in grid.seeds]
+        runs.sort(key=lambda r: grid.seeds.index(r["seed"]))
+        if runs:
+            selected[(entry_name, dataset)] = {"runs": runs, "params": params, "trials": len(trials)}
+    return selected
+
+
+def _first_best(trials, entry):
+    """Best trial on validation, the first in grid order on ties (the runner's rule)."""
+    order = [p for p in entry.search_grid()]
+    ranked = sorted(trials, key=lambda r: (-r["best_valid_score"], order.index(r["params"])
+                                           if r["params"] in order else len(order)))
+    return ranked[0]
+
+
+# ------------------------------------------------------------------ statistics
+def summarize(selected, store, grid, dataset, entries, metrics=METRICS, primary="ndcg@20"):
+    """Per entry: mean, sd and per-seed values of each test metric, the p-values against the best
+    baseline (paired t over seeds; Wilcoxon over test users of the first seed), epochs and time."""
+    table = {}
+    for name in entries:
+        chosen = selected.get((name, dataset))
+        if not chosen:
+            continue
+        runs = chosen["runs"]
+        table[name] = {
+            "n": len(runs), "seeds": [r["seed"] for r in runs],
+            "values": {m: [r["test"].get(m, math.nan) for r in runs] for m in metrics},
+            "epochs": [r["epochs_run"] for r in runs], "best_epoch": [r["best_epoch"] for r in runs],
+            "capped": sum(not r["stopped_by_patience"] for r in runs), "wall_s": [r["wall_s"] for r in runs],
+            "cpu_s": [r["cpu_s"] for r in runs], "peak_rss_mb": [r["peak_rss_mb"] for r in runs],
+            "params": chosen["params"], "runs": runs,
+        }
+    baselines = [n for n in table if grid.entries[n].baseline]
+    best_baseline = max(baselines, key=lambda n: np.mean(table[n]["values"][primary]), default=None)
+    for name, stats in table.items():
+        stats["p_seeds"] = stats["p_users"] = math.nan
+        if best_baseline is None or name == best_baseline:
+            continue
+        other = table[best_baseline]
+        pairs = [(a, b) for s, a in zip(stats["seeds"], stats["values"][primary])
+                 for t, b in zip(other["seeds"], other["values"][primary]) if s == t]
+        if pairs:
+            stats["p_seeds"] = paired_t_p([a for a, _ in pairs], [b for _, b in pairs])
+        first = _paired_user_values(stats["runs"][0], other["runs"][0], store, primary)
+        if first is not None:
+            stats["p_users"] = wilcoxon_p(*first)
+    return table, best_baseline
+
+
+def _paired_user_values(row_a, row_b, store, metric):
+    """Per-user values of two runs on the same test users (matched by user token)."""
+    if row_a["seed"] != row_b["seed"]:
+        return None
+    split_a, split_b = store.get_split(row_a["split"]), store.get_split(row_b["split"])
+    index_b = {user: i for i, user in enumerate(split_b["user"])}
+    common = [(i, index_b[u]) for i, u in enumerate(split_a["user"]) if u in index_b]
+    if not common:
+        return None
+    ranks_a = np.array([row_a["ranks"][i] for i, _ in common])
+    ranks_b = np.array([row_b["ranks"][j] for _, j in common])
+    return per_user(ranks_a, metric), per_user(ranks_b, metric)
+
+
+def subset_metric(row, store, metric, keep):
+    """``metric`` over the test users whose (target train count) passes ``keep``; (value, n)."""
+    split = store.get_split(row["split"])
+    mask = np.array([keep(c) for c in split["train_count"]], dtype=bool)
+    if not mask.any():
+        return math.nan, 0
+    return float(per_user(np.asarray(row["ranks"])[mask], metric).mean()), int(mask.sum())
+
+
+# ------------------------------------------------------------------ formatting
+def fmt(mean, sd=None, digits=4):
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    text = f"{mean:.{digits}f}".lstrip("0") if abs(mean) < 1 else f"{mean:.{digits}f}"
+    if sd is not None:
+        text += f" ± {sd:.{digits}f}".replace("0.", ".", 1)
+    return text
+
+
+def fmt_p(p):
+    if p is None or math.isnan(p):
+        return "—"
+    return "<.001" if p < 0.001 else f"{p:.3f}".lstrip("0")
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(table, best_baseline, metrics=METRICS, primary="ndcg@20", grid=None):
+    """Markdown rows: entry, each metric as mean ± sd (best mean bold), p-values, epochs, time."""
+    best = {m: max((np.mean(s["values"][m]) for s in table.values()), default=None) for m in metrics}
+    header = ["model"] + [metric_label(m) for m in metrics] + [
+        f"p seeds ({metric_label(primary)})", f"p users ({metric_label(primary)})", "epochs (best)", "min/run"]
+    rows = []
+    for name, stats in table.items():
+        cells = []
+        for m in metrics:
+            mean, sd = mean_sd(stats["values"][m])
+            text = fmt(mean, sd)
+            cells.append(f"**{text}**" if best[m] is not None and np.isclose(mean, best[m]) else text)
+        label = name + (" (baseline)" if grid and grid.entries[name].baseline else "")
+        if name == best_baseline:
+            label += " ◆"
+        epochs = f"{np.mean(stats['epochs']):.0f} ({np.mean(stats['best_epoch']) + 1:.0f})"
+        if stats["capped"]:
+            epochs += f", {stats['capped']} capped"
+        rows.append([label] + cells + [fmt_p(stats["p_seeds"]), fmt_p(stats["p_users"]), epochs,
+                                       f"{np.mean(stats['wall_s']) / 60:.1f}"])
+    return markdown_table(header, rows)
+
+
+def latex_table(tables, metrics=METRICS):
+    """A booktabs table like RecBole's result tables: one block of rows per dataset."""
+    columns = "l" + "c" * len(metrics)
+    lines = [r"\begin{tabular}{" + columns + "}", r"\toprule",
+             "Model & " + " & ".join(metric_label(m) for m in metrics) + r" \\"]
+    for dataset, (table, _) in tables.items():
+        lines += [r"\midrule", rf"\multicolumn{{{len(metrics) + 1}}}{{l}}{{\textit{{{dataset}}}}} \\"]
+        best = {m: max((np.mean(s["values"][m]) for s in table.values()), default=None) for m in metrics}
+        for name, stats in table.items():
+            cells = []
+            for m in metrics:
+                mean, sd = mean_sd(stats["values"][m])
+                text = f"{mean:.4f}$\\pm${sd:.4f}"
+                cells.append(rf"\textbf{{{text}}}" if np.isclose(mean, best[m]) else text)
+            lines.append(name.replace("_", r"\_") + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ protocol paragraph
+def protocol_facts(grid):
+    """The protocol keys as the cells see them (protocol files, in order, later wins)."""
+    merged = {}
+    for path in grid.protocol_files:
+        with open(path, encoding="utf-8") as handle:
+            merged.update(yaml.safe_load(handle) or {})
+    return merged
+
+
+def protocol_paragraph(grid, selected):
+    facts = protocol_facts(grid)
+    split = facts.get("eval_args", {}).get("split", {"LS": "valid_and_test"})
+    budget = grid.search_budget()
+    sizes = sorted(set(budget.values()))
+    runs = [r for chosen in selected.values() for r in chosen["runs"]]
+    capped = sum(not r["stopped_by_patience"] for r in runs)
+    lines = [
+        f"- **Split**: {'leave-one-out per user in time order (last item test, second-to-last validation)' if 'LS' in split else split}; "
+        f"**full ranking** over all items; history items {'**masked**' if facts.get('mask_history_items') else 'not masked'} "
+        "(the target stays rankable).",
+        f"- **Selection and early stopping** on validation {facts.get('valid_metric', 'NDCG@20')}, patience "
+        f"{facts.get('stopping_step')} evaluations, evaluated every {facts.get('eval_step', 1)} epoch(s), at most "
+        f"{facts.get('epochs')} epochs; test metrics only of the validation-selected checkpoint. "
+        f"{capped} of {len(runs)} runs reached the epoch cap.",
+        f"- **Size**: embedding size {facts.get('embedding_size', facts.get('hidden_size'))} for every model; "
+        f"sequence length {facts.get('MAX_ITEM_LIST_LENGTH')}; batch {facts.get('train_batch_size')}; "
+        f"loss {facts.get('loss_type', 'CE')} (full softmax over items) unless a row says otherwise.",
+        f"- **Tuning**: every model with a search space gets the same budget, an exhaustive grid of "
+        f"{' / '.join(map(str, sizes)) if sizes else 0} configurations on the first seed, chosen on validation; "
+        f"the other seeds rerun the chosen values. **Seeds**: {', '.join(map(str, grid.seeds))}; mean ± sample sd.",
+        "- **Significance** against the best baseline (◆) on the primary metric: *p seeds* = paired t-test over "
+        "seeds; *p users* = Wilcoxon signed-rank test over the test users of the first seed.",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ figures
+def bar_figure(tables, path, primary="ndcg@20"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 3.8), squeeze=False)
+    for ax, (dataset, (table, best_baseline)) in zip(axes[0], tables.items()):
+        names = list(table)
+        means = [mean_sd(table[n]["values"][primary])[0] for n in names]
+        sds = [mean_sd(table[n]["values"][primary])[1] for n in names]
+        colors = ["#8c8c8c" if n == best_baseline else ("#bbbbbb" if table[n].get("baseline") else "#3b75af")
+                  for n in names]
+        ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=colors)
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+        ax.set_title(f"{dataset}: test {metric_label(primary)} (mean ± sd)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curve_figure(table, dataset, path, metric_name):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, stats in table.items():
+        curve = stats["runs"][0]["valid_curve"]
+        ax.plot([e + 1 for e, _ in curve], [s for _, s in curve], label=name, lw=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric_name}")
+    ax.set_title(f"{dataset}: validation curves (first seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ the page
+def build_report(grid, store, out_md, figure_dir=None, title="Results", intro="", claims=None, primary="ndcg@20"):
+    """Write the results page (and figures, LaTeX) for ``grid`` from ``store``; returns the text."""
+    rows = store.rows()
+    selected = selected_runs(rows, grid)
+    tables_by_name = {}
+    for entry in grid.entries.values():
+        tables_by_name.setdefault(entry.table, []).append(entry.name)
+    parts = [f"# {title}", "", "*Generated by `python run_benchmark.py report` from "
+             f"`{os.path.relpath(store.path, os.path.dirname(os.path.abspath(out_md)))}`; do not edit by hand.*", ""]
+    if intro:
+        parts += [intro.strip(), ""]
+    parts += ["## Protocol (every row below)", "", protocol_paragraph(grid, selected), ""]
+    main = {}
+    for table_name, names in tables_by_name.items():
+        parts += [f"## {'Leaderboard' if table_name == 'main' else table_name}", ""]
+        for dataset in grid.datasets:
+            table, best_baseline = summarize(selected, store, grid, dataset, names, primary=primary)
+            if not table:
+                continue
+            if table_name == "main":
+                main[dataset] = (table, best_baseline)
+            parts += [f"### {dataset}", "", results_table(table, best_baseline, primary=primary, grid=grid), ""]
+    if main:
+        parts += cold_section(main, store)
+        parts += chosen_section(grid, selected)
+    if claims:
+        parts += claims_section(claims, selected, store, grid)
+    if figure_dir and main:
+        os.makedirs(figure_dir, exist_ok=True)
+        rel = os.path.relpath(figure_dir, os.path.dirname(os.path.abspath(out_md)))
+        bar_figure(main, os.path.join(figure_dir, "leaderboard.png"), primary)
+        parts += ["## Figures", "", f"![test {metric_label(primary)}]({rel}/leaderboard.png)", ""]
+        metric_name = protocol_facts(grid).get("valid_metric", "NDCG@20")
+        for dataset, (table, _) in main.items():
+            name = f"curves-{dataset}.png"
+            curve_figure(table, dataset, os.path.join(figure_dir, name), metric_name)
+            parts += [f"![validation curves on {dataset}]({rel}/{name})", ""]
+        with open(os.path.join(figure_dir, "leaderboard.tex"), "w", encoding="utf-8") as handle:
+            handle.write(latex_table(main))
+        parts += [f"LaTeX: [`leaderboard.tex`]({rel}/leaderboard.tex).", ""]
+    text = "\n".join(parts).rstrip() + "\n"
+    with open(out_md, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return text
+
+
+def cold_section(main, store, metric="ndcg@10"):
+    parts = [f"## Cold and warm targets (test users whose target occurs fewer than {COLD_THRESHOLD} times in training)", ""]
+    for dataset, (table, _) in main.items():
+        rows, n_cold, n_warm = [], 0, 0
+        for name, stats in table.items():
+            cold = [subset_metric(r, store, metric, lambda c: c < COLD_THRESHOLD) for r in stats["runs"]]
+            warm = [subset_metric(r, store, metric, lambda c: c >= COLD_THRESHOLD) for r in stats["runs"]]
+            n_cold, n_warm = cold[0][1], warm[0][1]
+            rows.append([name, fmt(*mean_sd([v for v, _ in cold])), fmt(*mean_sd([v for v, _ in warm]))])
+        parts += [f"### {dataset} ({n_cold} cold, {n_warm} warm test users)", "",
+                  markdown_table(["model", f"cold {metric_label(metric)}", f"warm {metric_label(metric)}"], rows), ""]
+    return parts
+
+
+def chosen_section(grid, selected):
+    rows = []
+    for (entry, dataset), chosen in sorted(selected.items(), key=lambda kv: (kv[0][1], list(grid.entries).index(kv[0][0]))):
+        spec = grid.entries[entry]
+        fixed = ", ".join(f"{k}={v}" for k, v in spec.config.items()) or "—"
+        tuned = ", ".join(f"{k}={v}" for k, v in chosen["params"].items()) or "—"
+        source = f"{chosen['trials']} trials" if spec.search else (f"from {spec.tune_from}" if spec.tune_from else "no search")
+        rows.append([entry, dataset, spec.model, fixed, f"{tuned} ({source})"])
+    return ["## Configurations (fixed keys and the values chosen on validation)", "",
+            markdown_table(["entry", "dataset", "model", "fixed keys", "chosen values"], rows), ""]
+
+
+def claims_section(claims, selected, store, grid):
+    """Each paper claim beside our measurement: entry A vs B on a metric, mean ± sd over seeds,
+    relative difference and paired p over seeds."""
+    rows = []
+    for claim in claims:
+        compare = claim.get("compare") or {}
+        measured, verdict = "not run", "—"
+        a = selected.get((compare.get("a"), compare.get("dataset")))
+        b = selected.get((compare.get("b"), compare.get("dataset")))
+        metric = compare.get("metric", "ndcg@20")
+        if a and b:
+            values_a = [r["test"][metric] for r in a["runs"]]
+            values_b = [r["test"][metric] for r in b["runs"]]
+            if compare.get("subset") == "cold":
+                values_a = [subset_metric(r, store, metric, lambda c: c < COLD_THRESHOLD)[0] for r in a["runs"]]
+                values_b = [subset_metric(r, store, metric, lambda c: c < COLD_THRESHOLD)[0] for r in b["runs"]]
+            mean_a, mean_b = np.mean(values_a), np.mean(values_b)
+            seeds_a = [r["seed"] for r in a["runs"]]
+            paired = [(x, y) for s, x in zip(seeds_a, values_a) for t, y in zip([r["seed"] for r in b["runs"]], values_b) if s == t]
+            p = paired_t_p([x for x, _ in paired], [y for _, y in paired])
+            relative = (mean_a - mean_b) / mean_b * 100 if mean_b else math.nan
+            measured = (f"{compare['a']} {fmt(*mean_sd(values_a))} vs {compare['b']} {fmt(*mean_sd(values_b))} "
+                        f"({relative:+.1f} %, p {fmt_p(p)})")
+            expected = compare.get("expect", "a>b")
+            holds = mean_a > mean_b if expected == "a>b" else mean_a < mean_b
+            verdict = ("holds" if holds and not (p > 0.05) else "same direction, not significant" if holds
+                       else "does not hold")
+        rows.append([claim.get("paper", ""), claim.get("claim", ""),
+                     f"{compare.get('dataset', '')} {metric_label(metric) if '@' in metric else metric}"
+                     f"{' (cold)' if compare.get('subset') == 'cold' else ''}", measured, verdict, claim.get("explanation", "")])
+    return ["## Paper claims", "", markdown_table(["paper", "claim", "measured on", "our measurement", "verdict",
+                                                    "explanation"], rows), ""]

@@ -1,0 +1,85 @@
+"""The results file: one JSON object per line, appended as each cell finishes.
+
+A row is written with a single ``write`` of the whole line on a file opened for appending, then
+flushed to disk, so a killed runner leaves either the whole row or a torn tail without a newline.
+:meth:`ResultStore.rows` ignores such a tail and :meth:`ResultStore.repair` cuts it off before
+new rows are appended, so a rerun completes the grid without a half-written row.
+
+Split tables (the test users, their target items and how often each target occurs in training)
+are the same for every model on a dataset; they are stored once, content-addressed, next to the
+results file (``<results>.splits/<sha1>.json``) and rows refer to them by that hash.
+"""
+import hashlib
+import json
+import os
+
+from recbole_mm.utils import atomic_write
+
+
+class ResultStore:
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        self.split_dir = os.path.splitext(self.path)[0] + ".splits"
+
+    # ------------------------------------------------------------------ rows
+    def rows(self):
+        """Every complete row, in file order (a torn last line is skipped)."""
+        if not os.path.isfile(self.path):
+            return []
+        rows = []
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break  # torn tail of a killed writer
+                line = line.strip()
+                if line:
+                    rows.append(json.loads(line))
+        return rows
+
+    def finished(self):
+        """{cell key: row} of the cells that finished successfully (the last row of a key wins)."""
+        return {row["key"]: row for row in self.rows() if row.get("status") == "ok"}
+
+    def repair(self):
+        """Cut a torn last line (no newline) left by a killed writer; returns bytes removed."""
+        if not os.path.isfile(self.path):
+            return 0
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if not data or data.endswith(b"\n"):
+                return 0
+            keep = data.rfind(b"\n") + 1
+            handle.truncate(keep)
+            return len(data) - keep
+
+    def append(self, row):
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        line = (json.dumps(row, sort_keys=True, default=_plain) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ splits
+    def put_split(self, table):
+        """Store a split table (dict of equal-length lists) once; returns its hash."""
+        payload = json.dumps(table, sort_keys=True).encode("utf-8")
+        digest = hashlib.sha1(payload).hexdigest()[:16]
+        path = os.path.join(self.split_dir, f"{digest}.json")
+        if not os.path.isfile(path):
+            atomic_write(path, lambda handle: handle.write(payload))
+        return digest
+
+    def get_split(self, digest):
+        with open(os.path.join(self.split_dir, f"{digest}.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+
+
+def _plain(value):
+    """JSON for numpy scalars and other numbers RecBole hands back."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

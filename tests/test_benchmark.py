@@ -1,0 +1,300 @@
+"""The benchmark runner: grid expansion and tuning choice, the results store (resume, torn rows),
+a tiny grid end to end (per-user ranks equal RecBole's metrics), a killed runner resumed, the
+report from a fixture results file, and the same grid on a local Ray."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from recbole_mm.benchmark.grid import Entry, GridError, load_grid, restrict
+from recbole_mm.benchmark.metrics import paired_t_p, per_user, wilcoxon_p
+from recbole_mm.benchmark.report import build_report, selected_runs
+from recbole_mm.benchmark.runner import best_trial, expand, run_grid
+from recbole_mm.benchmark.store import ResultStore
+from tests.conftest import REPO_ROOT, write_tiny_dataset
+
+TINY_PROTOCOL = {
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
+    "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10], "valid_metric": "NDCG@10", "mask_history_items": True,
+    "epochs": 2, "stopping_step": 1, "eval_step": 1, "embedding_size": 8, "hidden_size": 8, "inner_size": 16,
+    "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 6, "train_batch_size": 64, "eval_batch_size": 256,
+    "loss_type": "CE", "train_neg_sample_args": None, "show_progress": False, "reproducibility": True,
+    "log_wandb": False,
+}
+
+
+def write_grid(tmp_path, entries, seeds=(1, 2), data=None):
+    data = data or write_tiny_dataset(str(tmp_path / "data"))
+    with open(tmp_path / "protocol.yaml", "w") as handle:
+        yaml.safe_dump(TINY_PROTOCOL, handle)
+    grid = {"protocol": ["protocol.yaml"], "seeds": list(seeds),
+            "datasets": {"tiny": {"multimodal_features": data["features"]}}, "entries": entries}
+    path = tmp_path / "grid.yaml"
+    with open(path, "w") as handle:
+        yaml.safe_dump(grid, handle, sort_keys=False)
+    return str(path), data
+
+
+# ------------------------------------------------------------------ grid and expansion
+def test_search_grid_sets_joined_keys_and_keeps_file_order():
+    entry = Entry(name="X", model="SASRec", search={"learning_rate": [1, 2], "a,b": [0.1, 0.5]})
+    assert entry.search_grid() == [{"learning_rate": 1, "a": 0.1, "b": 0.1}, {"learning_rate": 1, "a": 0.5, "b": 0.5},
+                                   {"learning_rate": 2, "a": 0.1, "b": 0.1}, {"learning_rate": 2, "a": 0.5, "b": 0.5}]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"entries": {"SASRec": {"serach": {}}}}, "unknown field"),
+    ({"entries": {"SASRec": {"search": {"learning_rate": 0.1}}}}, "non-empty list"),
+    ({"entries": {"X": {"tune_from": "SASRec"}, "SASRec": {}}}, "not an entry with a search space"),
+    ({"entries": {"SASRec": {}}, "datasets": {"a": {"tuned_on": "b"}, "b": {}}}, "listed before it"),
+    ({"entries": {"SASRec": {}}, "sedes": [1]}, "unknown field"),
+])
+def test_bad_grid_files_name_the_problem(tmp_path, bad, message):
+    spec = {"datasets": {"tiny": {}}, **bad}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(GridError, match=message):
+        load_grid(str(path))
+
+
+def _row(cell, score, status="ok"):
+    return {"key": cell.key, "status": status, "best_valid_score": score, "entry": cell.entry,
+            "params": cell.params, "seed": cell.seed}
+
+
+def test_expand_tunes_first_then_runs_the_other_seeds_with_the_best_values(tmp_path):
+    path, _ = write_grid(tmp_path, {
+        "SASRec": {"search": {"learning_rate": [0.1, 0.2, 0.3]}},
+        "SASRec-x": {"model": "SASRec", "config": {"n_layers": 2}, "tune_from": "SASRec"},
+        "GRU4Rec": {}}, seeds=[7, 8, 9])
+    grid = load_grid(path)
+    machine = {"tiny": {"data_path": "/x"}}
+    ready, waiting, total, _ = expand(grid, {}, set(), machine)
+    trials = [c for c in ready if c.entry == "SASRec"]
+    assert [c.params["learning_rate"] for c in trials] == [0.1, 0.2, 0.3] and {c.seed for c in trials} == {7}
+    assert [c.seed for c in ready if c.entry == "GRU4Rec"] == [7, 8, 9]
+    assert waiting == 2 + 3 and total == 3 + 2 + 3 + 3
+    # the middle trial is best; the first trial failed in this run (not retried, not chosen)
+    finished = {trials[1].key: _row(trials[1], 0.5), trials[2].key: _row(trials[2], 0.5)}
+    ready, waiting, _, choices = expand(grid, finished, {trials[0].key}, machine)
+    assert choices[("SASRec", "tiny")] == {"learning_rate": 0.2}  # first of equal scores
+    finals = [c for c in ready if c.entry == "SASRec"]
+    assert [(c.seed, c.role, c.params) for c in finals] == [(8, "final", {"learning_rate": 0.2}),
+                                                            (9, "final", {"learning_rate": 0.2})]
+    variants = [c for c in ready if c.entry == "SASRec-x"]
+    assert [c.seed for c in variants] == [7, 8, 9] and all(c.config_dict["n_layers"] == 2 for c in variants)
+    assert all(c.config_dict["learning_rate"] == 0.2 for c in variants) and waiting == 0
+    # machine paths are not part of a cell's identity; its configuration is
+    moved = expand(grid, {}, set(), {"tiny": {"data_path": "/elsewhere"}})[0]
+    assert [c.key for c in moved] == [c.key for c in expand(grid, {}, set(), machine)[0]]
+    assert len({c.key for c in ready}) == len(ready)
+
+
+def test_best_trial_ignores_failed_and_missing_rows():
+    class C:  # minimal cell stand-in
+        def __init__(self, name):
+            self.name = name
+    cells = [C("a"), C("b"), C("c")]
+    rows = [None, {"status": "failed"}, {"status": "ok", "best_valid_score": 0.1}]
+    assert best_trial(cells, rows).name == "c"
+    assert best_trial(cells, [None, None, None]) is None
+
+
+def test_tuned_on_reuses_the_choice_of_another_dataset(tmp_path):
+    path, data = write_grid(tmp_path, {"SASRec": {"search": {"learning_rate": [0.1, 0.2]}}}, seeds=[1, 2])
+    spec = yaml.safe_load(open(path))
+    spec["datasets"]["tiny2"] = {"tuned_on": "tiny"}
+    open(path, "w").write(yaml.safe_dump(spec))
+    grid = load_grid(path)
+    trials, _, _, _ = expand(grid, {}, set(), {})
+    assert {c.dataset for c in trials} == {"tiny"}
+    finished = {c.key: _row(c, s) for c, s in zip(trials, [0.3, 0.1])}
+    ready = expand(grid, finished, set(), {})[0]
+    assert sorted((c.dataset, c.seed) for c in ready) == [("tiny", 2), ("tiny2", 1), ("tiny2", 2)]
+    assert all(c.params == {"learning_rate": 0.1} for c in ready)
+    assert set(restrict(load_grid(path), datasets=["tiny2"]).datasets) == {"tiny", "tiny2"}
+
+
+# ------------------------------------------------------------------ store
+def test_store_skips_and_repairs_a_torn_last_row(tmp_path):
+    store = ResultStore(str(tmp_path / "r.jsonl"))
+    store.append({"key": "a", "status": "ok"})
+    store.append({"key": "b", "status": "failed"})
+    with open(store.path, "a") as handle:
+        handle.write('{"key": "c", "sta')  # a writer killed mid-line
+    assert [r["key"] for r in store.rows()] == ["a", "b"]
+    assert list(store.finished()) == ["a"]
+    assert store.repair() == len('{"key": "c", "sta')
+    store.append({"key": "c", "status": "ok"})
+    assert [r["key"] for r in store.rows()] == ["a", "b", "c"]
+    assert oct(os.stat(store.path).st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------ metrics
+def test_per_user_metrics_by_hand():
+    ranks = [1, 3, 11]
+    assert per_user(ranks, "hit@10").tolist() == [1.0, 1.0, 0.0]
+    assert np.allclose(per_user(ranks, "ndcg@10"), [1.0, 1 / math.log2(4), 0.0])
+    assert np.allclose(per_user(ranks, "mrr@20"), [1.0, 1 / 3, 1 / 11])
+    with pytest.raises(ValueError):
+        per_user(ranks, "auc@10")
+
+
+def test_significance_tests_match_scipy_and_handle_degenerate_input():
+    from scipy.stats import ttest_rel, wilcoxon
+
+    a, b = [0.30, 0.32, 0.35], [0.28, 0.31, 0.30]
+    assert paired_t_p(a, b) == pytest.approx(ttest_rel(a, b).pvalue)
+    x, y = np.array([0.5, 0.2, 0.0, 1.0, 0.3]), np.array([0.1, 0.2, 0.4, 0.0, 0.1])
+    assert wilcoxon_p(x, y) == pytest.approx(wilcoxon(x, y).pvalue)
+    assert math.isnan(paired_t_p([0.1], [0.2])) and math.isnan(wilcoxon_p(x, x))
+    assert paired_t_p([0.2, 0.3], [0.1, 0.2]) == 0.0  # a constant gain: no variance, certain
+
+
+# ------------------------------------------------------------------ end to end
+def test_tiny_grid_end_to_end_rows_ranks_and_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path, data = write_grid(tmp_path, {"SASRec": {"baseline": True, "search": {"learning_rate": [0.01, 0.05]}},
+                                       "FeatureSASRec": {}}, seeds=[1, 2])
+    store = ResultStore(str(tmp_path / "out" / "res.jsonl"))
+    lines = []
+    n_ok, n_failed = run_grid(load_grid(path), store, str(tmp_path / "out"), data_paths=[data["data_path"]],
+                              log=lines.append)
+    assert (n_ok, n_failed) == (5, 0)  # 2 trials + 1 final seed + 2 FeatureSASRec seeds
+    rows = store.rows()
+    assert sorted((r["entry"], r["role"], r["seed"]) for r in rows) == [
+        ("FeatureSASRec", "final", 1), ("FeatureSASRec", "final", 2), ("SASRec", "final", 2),
+        ("SASRec", "trial", 1), ("SASRec", "trial", 1)]
+    for row in rows:
+        # per-user ranks reproduce RecBole's own test metrics exactly
+        for metric in ("hit@5", "ndcg@10", "mrr@10"):
+            assert per_user(row["ranks"], metric).mean() == pytest.approx(row["test"][metric], abs=5e-5)  # RecBole rounds to 4 places
+        assert row["epochs_run"] == 2 and row["best_epoch"] in (0, 1) and len(row["valid_curve"]) == 2
+        assert row["peak_rss_mb"] > 50 and row["cpu_s"] > 0 and row["wall_s"] > 0
+        split = store.get_split(row["split"])
+        assert len(split["user"]) == len(row["ranks"]) == 30 and all(c >= 1 for c in split["train_count"])
+        assert os.path.isfile(tmp_path / "out" / "logs" / f"{row['cell_id']}.log")
+    best = max((r for r in rows if r["role"] == "trial"), key=lambda r: r["best_valid_score"])
+    assert [r for r in rows if r["role"] == "final" and r["entry"] == "SASRec"][0]["params"] == best["params"]
+    assert any("ETA" in line for line in lines)
+    # a rerun skips every finished cell; a new seed only adds its cells
+    assert run_grid(load_grid(path), store, str(tmp_path / "out"), data_paths=[data["data_path"]],
+                    log=lines.append) == (0, 0)
+    grid = restrict(load_grid(path), seeds=[1, 2, 3])
+    assert run_grid(grid, store, str(tmp_path / "out"), data_paths=[data["data_path"]], log=lines.append) == (2, 0)
+    selected = selected_runs(store.rows(), grid)
+    assert [r["seed"] for r in selected[("SASRec", "tiny")]["runs"]] == [1, 2, 3]
+    assert selected[("SASRec", "tiny")]["runs"][0]["key"] == best["key"]
+
+
+def test_killed_runner_leaves_whole_rows_and_a_rerun_completes(tmp_path):
+    path, data = write_grid(tmp_path, {"SASRec": {}}, seeds=[1, 2, 3])
+    out = tmp_path / "out" / "res.jsonl"
+    command = [sys.executable, os.path.join(REPO_ROOT, "run_benchmark.py"), "--grid", path, "--data_path",
+               data["data_path"], "--out", str(out)]
+    runner = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 1):
+        time.sleep(0.5)
+    os.killpg(runner.pid, signal.SIGKILL)  # the runner and the cell it was running
+    runner.wait()
+    store = ResultStore(str(out))
+    first = store.rows()
+    assert 1 <= len(first) < 3 and all(r["status"] == "ok" for r in first)
+    with open(out, "a") as handle:
+        handle.write('{"key": "torn')  # as if the kill had landed inside a write
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = store.rows()
+    assert sorted(r["seed"] for r in rows) == [1, 2, 3] and [r["key"] for r in rows[:len(first)]] == [r["key"] for r in first]
+    assert "torn" not in out.read_text()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "run_benchmark.py"), "--grid",
+                           str(tmp_path / "missing.yaml")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert done.stderr.startswith("error: grid file not found")
+    done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "run_benchmark.py"), "--models", "SASRec",
+                           "--datasets", "x", "--seeds", "a,b"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "--seeds takes integers" in done.stderr
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_ray_executor_runs_cells_on_a_local_ray(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    path, data = write_grid(tmp_path, {"SASRec": {}}, seeds=[1, 2])
+    store = ResultStore(str(tmp_path / "out" / "res.jsonl"))
+    try:
+        n_ok, n_failed = run_grid(load_grid(path), store, str(tmp_path / "out"), workers=2,
+                                  data_paths=[data["data_path"]], executor="ray", log=lambda line: None)
+    finally:
+        ray.shutdown()
+    assert (n_ok, n_failed) == (2, 0)
+    rows = store.rows()
+    assert sorted(r["seed"] for r in rows) == [1, 2]
+    assert all(os.path.getsize(tmp_path / "out" / "logs" / f"{r['cell_id']}.log") > 0 for r in rows)
+
+
+# ------------------------------------------------------------------ report
+def _fixture_rows(store):
+    """Two entries x 3 seeds with known per-user ranks on 4 users."""
+    split = store.put_split({"user": ["u1", "u2", "u3", "u4"], "item": ["a", "b", "c", "d"],
+                             "train_count": [1, 20, 3, 50]})
+    ranks = {("A", 1): [1, 2, 30, 1], ("A", 2): [1, 3, 30, 2], ("A", 3): [2, 2, 1, 1],
+             ("B", 1): [5, 30, 30, 1], ("B", 2): [4, 30, 30, 3], ("B", 3): [9, 30, 2, 1]}
+    rows = []
+    for (entry, seed), values in ranks.items():
+        test = {m: float(per_user(values, m).mean()) for m in ("hit@10", "hit@20", "ndcg@10", "ndcg@20", "mrr@20")}
+        rows.append({"key": f"{entry}{seed}", "status": "ok", "entry": entry, "model": "SASRec", "dataset": "d",
+                     "seed": seed, "role": "final", "params": {}, "best_valid_score": 0.1, "valid": test, "test": test,
+                     "epochs_run": 12, "best_epoch": 1, "stopped_by_patience": True, "valid_curve": [[0, 0.1], [1, 0.2]],
+                     "wall_s": 60.0, "cpu_s": 50.0, "peak_rss_mb": 100.0, "split": split, "ranks": values})
+    return rows, ranks
+
+
+def test_report_tables_from_a_fixture_results_file(tmp_path):
+    from scipy.stats import ttest_rel
+
+    pytest.importorskip("matplotlib")
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(yaml.safe_dump({"valid_metric": "NDCG@20", "stopping_step": 10, "epochs": 300,
+                                        "mask_history_items": True, "embedding_size": 64}))
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"protocol": [str(protocol)], "seeds": [1, 2, 3], "datasets": {"d": {}},
+                                         "entries": {"A": {"model": "SASRec"}, "B": {"model": "SASRec", "baseline": True}}}))
+    store = ResultStore(str(tmp_path / "res.jsonl"))
+    rows, ranks = _fixture_rows(store)
+    for row in rows:
+        store.append(row)
+    claims = [{"paper": "P", "claim": "A beats B", "compare": {"dataset": "d", "a": "A", "b": "B", "metric": "ndcg@20"}}]
+    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"), figure_dir=str(tmp_path / "fig"),
+                        claims=claims)
+    ndcg_a = [per_user(ranks[("A", s)], "ndcg@20").mean() for s in (1, 2, 3)]
+    ndcg_b = [per_user(ranks[("B", s)], "ndcg@20").mean() for s in (1, 2, 3)]
+    line_a = next(line for line in text.splitlines() if line.startswith("| A "))
+    expected = f"{np.mean(ndcg_a):.4f} ± {np.std(ndcg_a, ddof=1):.4f}".replace("0.", ".")
+    assert f"**{expected}**" in line_a  # best mean of its column, in bold
+    p = ttest_rel(ndcg_a, ndcg_b).pvalue
+    assert f"{p:.3f}".lstrip("0") in line_a
+    assert "B (baseline) ◆" in text and "0 of 6 runs reached the epoch cap" in text
+    assert "2 cold, 2 warm test users" in text  # train counts 1 and 3 are below 10
+    assert "| P | A beats B |" in text and "holds" in text
+    for name in ("leaderboard.png", "curves-d.png", "leaderboard.tex"):
+        assert os.path.getsize(tmp_path / "fig" / name) > 0
+    assert r"\textbf{" in open(tmp_path / "fig" / "leaderboard.tex").read()
