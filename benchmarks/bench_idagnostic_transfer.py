@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_idagnostic import hit_ndcg, ranks_of_targets  # noqa: E402  (same ranking and metrics)
 
 COMMON = {
-    "modality": "text",
+    "modalities": ["text"],
     "n_finetune_blocks_text": 0,
     "lr_step_epoch": None,
     "embedding_size": 64,

@@ -3,7 +3,7 @@
     python /work/shared/tools/make_synthetic_mmrec.py --out /tmp/src --name babyscale
     python -m recbole_mm.prepare mmrec --src /tmp/src --name babyscale --out /tmp/data
     python benchmarks/bench_mdsrec.py --data_path /tmp/data --dataset babyscale --steps 20 \
-        [--set '{"hidden_size": 64}'] [--full-epoch] [--threads 1]
+        [--set '{"embedding_size": 64}'] [--full-epoch] [--threads 1]
 
 Measures (paper defaults of properties/model/MDSRec.yaml unless --set overrides):
 - the item-side precomputation with an empty graph cache (co-occurrence of the training
@@ -94,7 +94,7 @@ def main():
     trainer = registry.get_trainer(config["MODEL_TYPE"], "MDSRec")(config, model)
     record = dict(dataset=args.dataset, threads=args.threads, users=train_set.user_num - 1,
                   items=train_set.item_num - 1, train_rows=len(train_set), batches_per_epoch=len(train_data),
-                  modalities=model.modalities, hidden_size=config["hidden_size"],
+                  modalities=model.modalities, embedding_size=config["embedding_size"],
                   max_len=config["MAX_ITEM_LIST_LENGTH"],
                   batch=config["train_batch_size"], knn_k=config["knn_k"], n_centers=config["n_centers"],
                   cooc_nnz=int(model.cooc_values.numel()), data_s=data_clock.wall,

@@ -16,7 +16,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SMALL = dict(hidden_size=64, inner_size=128, n_layers=2, n_heads=2, MAX_ITEM_LIST_LENGTH=20,
+SMALL = dict(embedding_size=64, hidden_size=64, inner_size=128, n_layers=2, n_heads=2, MAX_ITEM_LIST_LENGTH=20,
              train_batch_size=512, eval_batch_size=1024, learning_rate=1e-3, stopping_step=5)
 # name -> (model, overrides); ablation names follow Table 3 of the paper
 RUNS = {

@@ -23,12 +23,45 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the key and the fix."""
 
 
+# One config vocabulary across the models: old key -> the key that replaced it. Setting an old
+# key anywhere (yaml file, config_dict, command line) is a ConfigError naming the new one.
+RENAMED_KEYS = {
+    "mm_modalities": "modalities",    # dataset loader
+    "mmsr_modalities": "modalities",  # MMSR
+    "modality": "modalities",         # IDAgnosticMMSR: text / image / both -> [text] / [image] / [text, image]
+}
+# Models whose width is ``embedding_size`` alone; ``hidden_size`` is accepted for them only when
+# it equals ``embedding_size`` (one protocol file can then serve RecBole's baselines too).
+EMBEDDING_SIZE_MODELS = ("MuSTRec", "MMSR", "MDSRec", "IDAgnosticMMSR")
+
+
 def require_cross_entropy(config, model_name, error_class=ConfigError):
     """Refuse any ``loss_type`` but CE for models trained with cross-entropy over all items."""
     if config["loss_type"] != "CE":
         raise error_class(f"{model_name} trains with cross-entropy over all items; config key 'loss_type' "
                           f"must be CE, got {config['loss_type']!r}. Fix: set loss_type: CE and "
                           f"train_neg_sample_args: ~ (properties/model/{model_name}.yaml).")
+
+
+def select_modalities(config, available, model_name, error_class=ConfigError):
+    """The modalities a model uses, from config key ``modalities``: ~ = every modality in
+    ``available`` (the dataset's feature modalities, in their order); a list keeps its own order
+    and must be a non-empty subset of ``available``."""
+    requested = config["modalities"] if "modalities" in config else None
+    available = list(available)
+    if requested is None:
+        chosen = available
+    else:
+        chosen = [requested] if isinstance(requested, str) else list(requested)
+        unknown = [m for m in chosen if m not in available]
+        if unknown:
+            raise error_class(f"config key 'modalities' names {unknown}, but {model_name} can use only the "
+                              f"dataset's feature modalities {available}. Fix: choose from those, or set "
+                              "modalities: ~ (all).")
+    if not chosen:
+        raise error_class(f"{model_name} needs at least one modality, but the dataset has no feature file "
+                          "(or modalities is empty). Fix: declare multimodal_features in the dataset yaml.")
+    return chosen
 
 
 class Config(RecBoleConfig):
@@ -88,7 +121,7 @@ class Config(RecBoleConfig):
             if loaded and os.path.basename(os.path.dirname(path)) == "dataset":
                 # RecBole keys its dataset cache on this (module-level) list.
                 self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
-        for key in ("multimodal_features", "mm_feature_path", "mm_modalities"):
+        for key in ("multimodal_features", "mm_feature_path", "modalities"):
             if key not in self.parameters["Dataset"]:
                 self.parameters["Dataset"].append(key)
 
@@ -110,6 +143,7 @@ class Config(RecBoleConfig):
     # -------------------------------------------------------------- validation
     def _check_values(self):
         cfg = self.final_config_dict
+        self._check_vocabulary(cfg)
         positive_ints = ["epochs", "train_batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH"]
         for key in positive_ints:
             value = cfg.get(key)
@@ -128,3 +162,14 @@ class Config(RecBoleConfig):
                 "config key 'multimodal_features' must map modality names to files, e.g. "
                 "{text: {file: text_feat.npy}}; got " + repr(features)
             )
+
+    def _check_vocabulary(self, cfg):
+        for old, new in RENAMED_KEYS.items():
+            if old in cfg:
+                raise ConfigError(f"config key '{old}' was renamed to '{new}'. Fix: write {new}: ... instead "
+                                  f"(e.g. {new}: [text] or {new}: [text, image]; ~ = every modality of the dataset).")
+        hidden, width = cfg.get("hidden_size"), cfg.get("embedding_size")
+        if self.model in EMBEDDING_SIZE_MODELS and hidden is not None and hidden != width:
+            raise ConfigError(f"{self.model} reads its width from 'embedding_size' ({width!r}), but 'hidden_size' is "
+                              f"set to {hidden!r}. Fix: set embedding_size: {hidden} and drop hidden_size "
+                              "(or give both the same value).")

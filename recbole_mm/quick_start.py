@@ -69,7 +69,7 @@ def _load_saved_dataset(config):
     invalidated when a feature file changed on disk (size or mtime) since it was saved."""
     from recbole.utils.argument_list import dataset_arguments
 
-    from recbole_mm.data.features import features_fingerprint, parse_feature_specs
+    from recbole_mm.data.features import configured_feature_specs, features_fingerprint
 
     default_file = os.path.join(config["checkpoint_dir"], f"{config['dataset']}-MultimodalSequentialDataset.pth")
     path = config["dataset_save_path"] or default_file
@@ -82,7 +82,7 @@ def _load_saved_dataset(config):
     if any(config[arg] != dataset.config[arg] for arg in dataset_arguments + ["seed", "repeatable"]):
         return None
     try:
-        specs = parse_feature_specs(config["multimodal_features"], config["mm_feature_path"], config["mm_modalities"])
+        specs = configured_feature_specs(config)
         current = features_fingerprint(specs) if specs else "no-features"
     except (OSError, ValueError):
         return None

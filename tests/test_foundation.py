@@ -10,7 +10,7 @@ from recbole.data import data_preparation
 
 from conftest import REPO_ROOT, feature_value, ml100k_config, tiny_run_config, write_tiny_dataset
 from recbole_mm import registry
-from recbole_mm.config import Config, ConfigError
+from recbole_mm.config import EMBEDDING_SIZE_MODELS, RENAMED_KEYS, Config, ConfigError
 from recbole_mm.data.dataset import DatasetError, MultimodalSequentialDataset
 from recbole_mm.data.features import FeatureFileError
 from recbole_mm.quick_start import DatasetNotFoundError, create_dataset
@@ -78,6 +78,49 @@ def test_bad_yaml_file(tmp_path):
         Config(model="SASRec", dataset="ml-100k", config_file_list=[str(bad)], parse_argv=False)
     with pytest.raises(ConfigError, match="not found"):
         Config(model="SASRec", dataset="ml-100k", config_file_list=[str(tmp_path / "no.yaml")], parse_argv=False)
+
+
+# ----------------------------------------------------------------------------- one vocabulary
+@pytest.mark.parametrize("old", sorted(RENAMED_KEYS))
+@pytest.mark.parametrize("source", ["dict", "file", "argv"])
+def test_renamed_keys_are_errors_naming_the_new_key(tmp_path, monkeypatch, old, source):
+    new = RENAMED_KEYS[old]
+    kwargs = dict(model="MDSRec", dataset="ml-100k", parse_argv=source == "argv")
+    if source == "dict":
+        kwargs["config_dict"] = {old: ["text"]}
+    elif source == "file":
+        path = tmp_path / "old.yaml"
+        path.write_text(f"{old}: [text]\n")
+        kwargs["config_file_list"] = [str(path)]
+    else:
+        monkeypatch.setattr(sys, "argv", ["prog", f"--{old}=['text']"])
+    with pytest.raises(ConfigError, match=rf"'{old}' was renamed to '{new}'"):
+        Config(**kwargs)
+
+
+@pytest.mark.parametrize("model", EMBEDDING_SIZE_MODELS)
+def test_width_is_embedding_size_for_our_models(model):
+    with pytest.raises(ConfigError, match="embedding_size"):
+        Config(model=model, dataset="ml-100k", config_dict={"hidden_size": 7, "embedding_size": 8}, parse_argv=False)
+    same = Config(model=model, dataset="ml-100k", config_dict={"hidden_size": 8, "embedding_size": 8}, parse_argv=False)
+    assert same["embedding_size"] == 8  # equal values: one protocol file serves the baselines too
+    baseline = Config(model="SASRec", dataset="ml-100k", config_dict={"hidden_size": 7, "embedding_size": 8},
+                      parse_argv=False)
+    assert baseline["hidden_size"] == 7  # RecBole's models keep their own width key
+
+
+def test_modalities_key_is_a_dataset_cache_parameter():
+    config = Config(model="SASRec", dataset="ml-100k", config_dict={"modalities": ["text"]}, parse_argv=False)
+    assert "modalities" in config.parameters["Dataset"]
+    from recbole.utils.argument_list import dataset_arguments
+
+    assert "modalities" in dataset_arguments  # RecBole's saved-dataset check compares these keys
+
+
+def test_modalities_restricts_the_loaded_features(tmp_path, in_tmp):
+    info = write_tiny_dataset(str(tmp_path / "data"))
+    _, dataset, *_ = load(info, tmp_path, modalities=["image"])
+    assert dataset.modalities == ["image"] and list(dataset.item_features) == ["image"]
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -148,7 +191,7 @@ def test_bad_feature_files_give_one_clear_error(tmp_path, in_tmp, kind, pattern)
 def test_unknown_modality_and_empty_dataset(tmp_path, in_tmp):
     info = write_tiny_dataset(str(tmp_path / "data"))
     with pytest.raises(FeatureFileError, match=r"unknown modality \['audio'\].*\['text', 'image'\]"):
-        load(info, tmp_path, mm_modalities=["audio"])
+        load(info, tmp_path, modalities=["audio"])
     with pytest.raises(DatasetError, match="no usable sequences after filtering"):
         load(info, tmp_path, user_inter_num_interval="[1000,inf)")
 

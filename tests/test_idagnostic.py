@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_mm.config import ConfigError
 from recbole_mm.model.layers.encoder_blocks import find_blocks, freeze_bottom, load_hf_encoder
 from recbole_mm.model.layers.encoders import TextTower
 from recbole_mm.model.layers.fusion import FUSIONS, build_fusion
@@ -199,7 +200,7 @@ BASE = dict(
     n_finetune_blocks_text=1, n_finetune_blocks_vision=1, epochs=1, eval_step=1, train_batch_size=16,
     show_progress=False, state="ERROR", saved=False, load_col={"inter": ["user_id", "item_id", "timestamp"]},
     user_inter_num_interval="[0,inf)", item_inter_num_interval="[0,inf)", item_encode_batch=7,
-    modality="both", fusion="merge_attn", backbone="sasrec", gru_layers=2, seed=1, cache_dtype="float32",
+    modalities=["text", "image"], fusion="merge_attn", backbone="sasrec", gru_layers=2, seed=1, cache_dtype="float32",
 )
 
 
@@ -262,7 +263,7 @@ def test_raw_items_align_to_internal_ids(toy):
 
 
 def test_evaluation_is_deterministic_with_mae_masking(toy):
-    model, _, test = make_model(toy, modality="image", vision_encoder_config=TINY["vit_mae"])
+    model, _, test = make_model(toy, modalities=["image"], vision_encoder_config=TINY["vit_mae"])
     assert model.vision_tower.cache_mode is None  # random masking in training: no frozen cache
     interaction = first_batch(test)
     model.eval()
@@ -426,16 +427,18 @@ def test_cold_item_scored_without_id_and_weights_transfer(toy, tmp_path):
 
 
 def test_text_only_and_image_only_modes(toy):
-    text_model, _, test = make_model(toy, modality="text", item_image_dir=None)
+    text_model, _, test = make_model(toy, modalities=["text"], item_image_dir=None)
     assert text_model.vision_tower is None
-    image_model, _, _ = make_model(toy, modality="image", item_text_file="missing.text")
+    image_model, _, _ = make_model(toy, modalities=["image"], item_text_file="missing.text")
     assert image_model.text_tower is None
     interaction = first_batch(test)
     for model in (text_model, image_model):
         model.eval()
         assert torch.isfinite(model.full_sort_predict(interaction)).all()
     with pytest.raises(FileNotFoundError, match="item_image_dir"):
-        make_model(toy, modality="both", item_image_dir=None)
+        make_model(toy, modalities=["text", "image"], item_image_dir=None, item_source="raw")
+    with pytest.raises(ConfigError, match="item_image_dir"):  # auto: no raw images and no feature files
+        make_model(toy, modalities=["text", "image"], item_image_dir=None)
 
 
 def test_end_to_end_recbole_run_offline(toy, monkeypatch):
@@ -452,9 +455,9 @@ def test_end_to_end_recbole_run_offline(toy, monkeypatch):
     assert 0.0 <= result["test_result"]["hit@10"] <= 1.0
 
 
-@pytest.mark.parametrize("modality,fusion", [("text", "sum"), ("image", "sum"), ("both", "film")])
-def test_mean_then_project_equals_project_then_mean(toy, modality, fusion):
-    model, _, _ = make_model(toy, modality=modality, fusion=fusion)
+@pytest.mark.parametrize("modalities,fusion", [(["text"], "sum"), (["image"], "sum"), (["text", "image"], "film")])
+def test_mean_then_project_equals_project_then_mean(toy, modalities, fusion):
+    model, _, _ = make_model(toy, modalities=modalities, fusion=fusion)
     model.eval()
     assert model._pool_first
     ids = torch.arange(1, model.n_items)

@@ -20,7 +20,7 @@ from recbole_mm.model.mdsrec import MDSRec
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_YAML = os.path.join(ROOT, "properties", "model", "MDSRec.yaml")
 SCIENTIFIC = os.path.join(ROOT, "..", "shared", "datasets", "scientific")
-SMALL = dict(hidden_size=16, inner_size=32, n_centers=4, knn_k=3, MAX_ITEM_LIST_LENGTH=10)
+SMALL = dict(embedding_size=16, inner_size=32, n_centers=4, knn_k=3, MAX_ITEM_LIST_LENGTH=10)
 
 
 # ----------------------------------------------------------------------------- helpers

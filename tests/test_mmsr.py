@@ -376,7 +376,7 @@ SWITCHES = [
     {"aggregator": "gcn"}, {"aggregator": "sage"}, {"aggregator": "gat"}, {"aggregator": "rgat"},
     {"code_num": 4}, {"code_k": 1}, {"code_assign": "euclidean"}, {"code_fit_items": "all"},
     {"code_reduce": "ae", "code_ae_epochs": 3}, {"code_init": "random"}, {"code_num": 0},
-    {"mmsr_modalities": ["text"]},
+    {"modalities": ["text"]},
     {"missing_ratio": {"image": 0.5}}, {"missing_ratio": {"text": 0.5}, "missing_mode": "position"},
 ]
 
@@ -399,8 +399,8 @@ def test_every_switch_changes_scores(switch):
 
 
 def test_bad_config_is_rejected():
-    with pytest.raises(MMSRConfigError, match="mmsr_modalities"):
-        make_model(mmsr_modalities=["audio"])
+    with pytest.raises(MMSRConfigError, match="modalities"):
+        make_model(modalities=["audio"])
     with pytest.raises(MMSRConfigError, match="loss_type"):
         make_model(loss_type="BPR")
     with pytest.raises(ValueError, match="han_mode"):
@@ -434,7 +434,7 @@ def test_hidden_items_lose_their_nodes():
 
 def test_all_images_missing_equals_text_only_model():
     both = make_model(missing_ratio={"image": 1.0})
-    text = make_model(mmsr_modalities=["text"])
+    text = make_model(modalities=["text"])
     source, remap = both.state_dict(), {}
     for key in text.state_dict():  # type 2 (text) of `both` is type 1 of `text`
         name = key.replace("code_embeddings.0", "code_embeddings.1").replace("item_codes_0", "item_codes_1")

@@ -25,7 +25,7 @@ def make_config(**overrides):
     config.update({
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
         "ITEM_LIST_LENGTH_FIELD": "item_length", "NEG_PREFIX": "neg_", "device": torch.device("cpu"),
-        "seed": 7, "MAX_ITEM_LIST_LENGTH": L, "embedding_size": 8, "hidden_size": 8, "inner_size": 16,
+        "seed": 7, "MAX_ITEM_LIST_LENGTH": L, "embedding_size": 8, "inner_size": 16,
         "knn_k": 3, "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "ui_keep_ratio": 0.5,
     })
     config.update(overrides)
@@ -248,7 +248,7 @@ def test_right_to_left_padding_and_causal_mask():
 
 # ------------------------------------------------------------------ 6. head
 def test_head_parameter_count_matches_official():
-    model = build(embedding_size=64, hidden_size=64, inner_size=256, MAX_ITEM_LIST_LENGTH=50)
+    model = build(embedding_size=64, inner_size=256, MAX_ITEM_LIST_LENGTH=50)
     head = [model.position_embedding, model.input_layer_norm, model.encoder]
     assert sum(p.numel() for m in head for p in m.parameters()) == 103_680
 

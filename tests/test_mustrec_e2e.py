@@ -14,7 +14,7 @@ from recbole_mm.model.mustrec import MuSTRec, MuSTRecTrainer
 from recbole_mm.quick_start import create_dataset, run_recbole_mm
 
 
-SMALL = dict(embedding_size=8, hidden_size=8, inner_size=16, knn_k=3, train_batch_size=64,
+SMALL = dict(embedding_size=8, inner_size=16, knn_k=3, train_batch_size=64,
              load_col={"inter": ["user_id", "item_id", "timestamp"]})
 
 

@@ -16,7 +16,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_mm.data.features import features_fingerprint, load_aligned_features, parse_feature_specs
+from recbole_mm.data.features import configured_feature_specs, features_fingerprint, load_aligned_features
 
 TARGET_POSITION_FIELD = "mm_target_position"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
@@ -66,7 +66,7 @@ class MultimodalSequentialDataset(SequentialDataset):
             from recbole_mm.data.default import ensure_features
 
             ensure_features(builder, config, feature_dir)
-        specs = parse_feature_specs(config["multimodal_features"], feature_dir, config["mm_modalities"])
+        specs = configured_feature_specs(config)
         tokens = self.field2id_token[self.iid_field]
         self.modalities = [spec.name for spec in specs]
         self.item_features, self.item_feature_mask = {}, {}

@@ -31,12 +31,15 @@ class ModalitySpec:
     dim: int = None
 
 
-def parse_feature_specs(declaration, feature_dir, selected=None):
-    """Turn the yaml ``multimodal_features`` mapping into a list of :class:`ModalitySpec`."""
-    if not declaration:
-        return []
+def parse_feature_specs(declaration, feature_dir, selected=None, raw=()):
+    """Turn the yaml ``multimodal_features`` mapping into a list of :class:`ModalitySpec`.
+
+    ``selected`` (config key ``modalities``; ~ = all) restricts the list; a selected name must
+    be declared here or be one of ``raw``, the modalities the dataset has as raw content only
+    (item text, images), which have no feature file to load.
+    """
     specs = []
-    for name, entry in declaration.items():
+    for name, entry in (declaration or {}).items():
         if isinstance(entry, str):
             entry = {"file": entry}
         if not isinstance(entry, dict) or "file" not in entry:
@@ -61,14 +64,25 @@ def parse_feature_specs(declaration, feature_dir, selected=None):
         if isinstance(selected, str):
             selected = [selected]
         known = [spec.name for spec in specs]
-        missing = [name for name in selected if name not in known]
+        missing = [name for name in selected if name not in known and name not in raw]
         if missing:
+            raw_note = f" (raw content: {list(raw)})" if raw else ""
             raise FeatureFileError(
-                f"unknown modality {missing} in mm_modalities; this dataset declares {known}. "
-                "Fix: choose from those names or declare the file under multimodal_features."
+                f"unknown modality {missing} in config key 'modalities'; this dataset declares {known}{raw_note}. "
+                "Fix: choose from those names, set modalities: ~ (all), or declare the file under "
+                "multimodal_features."
             )
         specs = [spec for spec in specs if spec.name in selected]
     return specs
+
+
+def configured_feature_specs(config):
+    """The feature files a config selects: ``multimodal_features`` in ``mm_feature_path``,
+    restricted to the config key ``modalities``."""
+    from recbole_mm.data.raw_items import raw_modalities
+
+    return parse_feature_specs(config["multimodal_features"], config["mm_feature_path"], config["modalities"],
+                               raw=raw_modalities(config))
 
 
 def file_fingerprint(path):

@@ -56,16 +56,33 @@ def default_text_file(config):
     return None
 
 
+def _text_file(config):
+    """The configured or default item-text path (None when no default file exists)."""
+    name = config["item_text_file"] if "item_text_file" in config else None
+    return _resolve(config, name) if name else default_text_file(config)
+
+
+def raw_modalities(config):
+    """Modalities the dataset has as raw content: ``text`` when its item-text file exists,
+    ``image`` when ``item_image_dir`` is set."""
+    found = []
+    path = _text_file(config)
+    if path is not None and os.path.isfile(path):
+        found.append("text")
+    if "item_image_dir" in config and config["item_image_dir"]:
+        found.append("image")
+    return found
+
+
 def load_item_texts(config, dataset):
     """List of ``item_num`` strings aligned to internal ids ('' for PAD and items without text)."""
-    name = config["item_text_file"] if "item_text_file" in config else None
-    path = _resolve(config, name) if name else default_text_file(config)
+    path = _text_file(config)
     if path is None or not os.path.isfile(path):
         raise FileNotFoundError(
             f"No item text for dataset {config['dataset']!r}: looked for "
             f"{path or os.path.join(config['data_path'], config['dataset'] + '.text')}. Set "
             "item_text_file (a tab-separated file with item_id:token and text columns) in the "
-            "dataset yaml, or use modality: image.")
+            "dataset yaml, or use modalities: [image].")
     frame = _read_atomic(path)
     iid = dataset.iid_field
     if iid not in frame.columns:
@@ -87,7 +104,7 @@ def load_item_image_paths(config, dataset):
         raise FileNotFoundError(
             f"modality needs images but dataset {config['dataset']!r} has no item_image_dir: set "
             "item_image_dir (folder of <item token>.jpg/.png) in the dataset yaml, or use "
-            "modality: text.")
+            "modalities: [text].")
     folder = _resolve(config, name)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"item_image_dir {folder!r} is not a folder")
@@ -146,7 +163,7 @@ class ImageStore:
             self.n_items = images.shape[0]
             self.array = images.numpy()
             self.paths = [None] * self.n_items
-            self.has_image = images.flatten(1).any(1)
+            self.has_image = images.flatten(1).any(1).bool()
             self.has_image[0] = False
             self.loaded = np.ones(self.n_items, dtype=bool)
             return

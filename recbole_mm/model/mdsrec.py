@@ -30,29 +30,19 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 
-from recbole_mm.config import require_cross_entropy
+from recbole_mm.config import ConfigError, require_cross_entropy, select_modalities
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
 
 ID_CHANNEL = "id"
 
 
-def resolve_modalities(requested, available):
-    """``modalities`` key: null = every modality of the dataset, else a subset of it."""
-    available = list(available)
-    if not available:
-        raise ValueError("MDSRec needs at least one modality, but the dataset has none. Fix: configure "
-                         "multimodal_features / mm_modalities for the dataset.")
-    if requested is None:
-        return available
-    requested = [requested] if isinstance(requested, str) else list(requested)
-    missing = [m for m in requested if m not in available]
-    if missing or not requested:
-        raise ValueError(f"config key 'modalities' = {requested!r} must be a non-empty subset of the "
-                         f"dataset's modalities {available}.")
-    if ID_CHANNEL in requested:
-        raise ValueError(f"a modality may not be named '{ID_CHANNEL}' (reserved for the ID channel).")
-    return requested
+def resolve_modalities(config, available):
+    """The channels' modalities: config key ``modalities`` (~ = every modality of the dataset)."""
+    modalities = select_modalities(config, available, "MDSRec")
+    if ID_CHANNEL in modalities:
+        raise ConfigError(f"a modality may not be named '{ID_CHANNEL}' (reserved for the ID channel).")
+    return modalities
 
 
 def resolve_rho(rho, modalities):
@@ -81,7 +71,7 @@ class MDSRec(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         require_cross_entropy(config, "MDSRec")  # Eq. 23-24
-        self.hidden_size = config["hidden_size"]
+        self.embedding_size = config["embedding_size"]
         self.n_layers = config["n_layers"]
         self.initializer_range = config["initializer_range"]
         self.mu_id = float(config["mu_id"])
@@ -94,7 +84,7 @@ class MDSRec(SequentialRecommender):
         self.gumbel_noise = check_choice(config, "gumbel_noise", ("logistic", "gumbel", "none"))
         self.gumbel_hard = bool(config["gumbel_hard"])
         self.gumbel_eval = check_choice(config, "gumbel_eval", ("soft", "hard", "sample"))
-        self.modalities = resolve_modalities(config["modalities"], dataset.modalities)
+        self.modalities = resolve_modalities(config, dataset.modalities)
         self.rho = resolve_rho(config["rho"], self.modalities)
         self.channels = [ID_CHANNEL] + self.modalities
 
@@ -115,7 +105,7 @@ class MDSRec(SequentialRecommender):
         self._center_assign = check_choice(config, "center_assign", ("mean", "sum"))
 
         # ---- parameters
-        d = self.hidden_size
+        d = self.embedding_size
         self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)  # E^id
         share_position = bool(config["share_position"])
         share_towers = bool(config["share_towers"])

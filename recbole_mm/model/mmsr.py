@@ -24,7 +24,7 @@ hohe attends from the homogeneous state (B2) and phase 2 re-projects (B3); the g
 (B4, official gate: ``gate: shared``); model selection uses validation and RecBole's metrics (B6, B7).
 
 Any number (>= 1) of modalities works: node type 0 is the item, type m the m-th modality of
-``dataset.modalities`` (optionally restricted by ``mmsr_modalities``).  Missing modalities
+``dataset.modalities`` (optionally restricted by ``modalities``).  Missing modalities
 (Fig. 4): a seeded fraction of items can have a modality hidden (``missing_mode: item``) or each
 (sequence, position) can drop it (``missing_mode: position``, official behaviour); the hidden
 features then give no node and no edge.
@@ -35,7 +35,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.config import require_cross_entropy
+from recbole_mm.config import require_cross_entropy, select_modalities
 from recbole_mm.model.layers.han_gnn import GraphAggregatorLayer, HANLayer
 from recbole_mm.model.layers.mmsr_codes import ItemModalityEmbedding, fit_modality_codes
 from recbole_mm.model.layers.msgraph import PackedGraph, build_msgraph, pack_graph
@@ -63,7 +63,7 @@ class MMSR(SequentialRecommender):
         if self.code_num == 0:
             self.code_k = 1  # every item modality is its own single "code"; code_k is ignored
         self.seed = int(config["seed"] or 0)
-        self.modalities = self._select_modalities(config, dataset)
+        self.modalities = select_modalities(config, getattr(dataset, "modalities", []), "MMSR", MMSRConfigError)
         self.missing_mode = config["missing_mode"] or "item"
         self.missing_phase = config["missing_phase"] or "both"
         self.missing_ratio = self._missing_ratios(config)
@@ -103,22 +103,6 @@ class MMSR(SequentialRecommender):
         self._eval_generator = None
 
     # ------------------------------------------------------------------ setup
-    @staticmethod
-    def _select_modalities(config, dataset):
-        available = list(getattr(dataset, "modalities", []) or [])
-        wanted = config["mmsr_modalities"]
-        if wanted is None:
-            wanted = available
-        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-        unknown = [m for m in wanted if m not in available]
-        if unknown:
-            raise MMSRConfigError(f"mmsr_modalities {unknown} are not in this dataset's modalities {available}. "
-                                  "Fix: choose from those names or set mmsr_modalities: ~ (all).")
-        if not wanted:
-            raise MMSRConfigError("MMSR needs at least one modality, the dataset has none. Fix: declare "
-                                  "multimodal_features in the dataset yaml.")
-        return wanted
-
     def _missing_ratios(self, config):
         ratios = dict(config["missing_ratio"] or {})
         unknown = [m for m in ratios if m not in self.modalities]

@@ -28,6 +28,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config import ConfigError, select_modalities
 from recbole_mm.data.leakage import (check_eval_histories, check_training_graph, history_entries, history_keys,
                                      is_member)
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
@@ -133,11 +134,7 @@ class MuSTRec(SequentialRecommender):
         self.seq_item_source = config["seq_item_source"]
         if self.seq_item_source not in ("graph", "id"):
             raise ValueError(f"MuSTRec: seq_item_source must be 'graph' or 'id', got {self.seq_item_source!r}")
-        self.embedding_size = int(config["embedding_size"])
-        self.hidden_size = int(_get(config, "hidden_size", self.embedding_size))
-        if self.hidden_size != self.embedding_size:
-            raise ValueError(f"MuSTRec: hidden_size ({self.hidden_size}) must equal embedding_size "
-                             f"({self.embedding_size}); the head reads the graph embeddings directly")
+        self.embedding_size = int(config["embedding_size"])  # d of the graph part and of the head
         self.n_users = dataset.user_num
         self.n_ui_layers, self.n_ii_layers = int(config["n_ui_layers"]), int(config["n_ii_layers"])
         self.ui_layer_combine = _get(config, "ui_layer_combine", "mean")
@@ -161,10 +158,10 @@ class MuSTRec(SequentialRecommender):
         # --- raw modality features (the kNN graph reads them once; tables + W_m serve the modal BPR)
         self.modal_bpr = self.w_bpr > 0 and self.reg_weight > 0
         need_features = self.use_item_graph or self.modal_bpr
-        self.modalities = list(dataset.modalities) if need_features else []
-        if need_features and not self.modalities:
-            raise ValueError("MuSTRec: the dataset has no modality features; set `multimodal_features` "
-                             "in the dataset yaml, or run `variant: B` (no graphs, no features)")
+        if need_features and not dataset.modalities:
+            raise ConfigError("MuSTRec: the dataset has no modality features; set `multimodal_features` "
+                              "in the dataset yaml, or run `variant: B` (no graphs, no features)")
+        self.modalities = select_modalities(config, dataset.modalities, "MuSTRec") if need_features else []
         self.feature_tables, self.modal_projections = nn.ModuleDict(), nn.ModuleDict()
         for name in self.modalities if self.modal_bpr else []:
             feats = dataset.item_features[name].float()
@@ -189,11 +186,11 @@ class MuSTRec(SequentialRecommender):
 
         # --- head (Eqs 10-16)
         positions = self.max_seq_length + (1 if self.user_token else 0)
-        self.position_embedding = nn.Embedding(positions, self.hidden_size)
-        self.input_layer_norm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
+        self.position_embedding = nn.Embedding(positions, self.embedding_size)
+        self.input_layer_norm = nn.LayerNorm(self.embedding_size, eps=config["layer_norm_eps"])
         self.input_dropout = MaskDropout(config["hidden_dropout_prob"])
         self.encoder = FrequencyAttentionEncoder(
-            n_layers=config["n_layers"], hidden_size=self.hidden_size, n_heads=config["n_heads"],
+            n_layers=config["n_layers"], hidden_size=self.embedding_size, n_heads=config["n_heads"],
             inner_size=config["inner_size"], hidden_dropout=config["hidden_dropout_prob"],
             attn_dropout=config["attn_dropout_prob"], hidden_act=config["hidden_act"],
             layer_norm_eps=config["layer_norm_eps"], c=config["bsa_c"], alpha=config["bsa_alpha"])

@@ -216,12 +216,16 @@ class VisionTower(EncoderTower):
 
     ViT-MAE masks ``mae_mask_ratio`` of the patches at random in training. In evaluation
     ``mae_eval_mask: none`` keeps every patch in order; ``fixed`` applies the training ratio
-    with noise seeded per item (the official code keeps random masking at evaluation: B6).
+    with noise seeded per item (the official code keeps random masking at evaluation, which
+    makes evaluation random). A CNN's ``[B,C,H,W]`` output stays a grid with ``keep_grid``
+    (for :class:`TokenProjection` ``grid=True``), else becomes ``H*W`` tokens ``[B,H*W,C]``
+    whose mean is the CNN's pooled vector.
     """
 
     def __init__(self, model, image_store, image_norm="auto", local_dir=None,
-                 mae_mask_ratio=0.75, mae_eval_mask="none", **kwargs):
+                 mae_mask_ratio=0.75, mae_eval_mask="none", keep_grid=False, **kwargs):
         self.is_mae = type(model).__name__.startswith("ViTMAE")
+        self.keep_grid = keep_grid
         self.mae_mask_ratio = float(mae_mask_ratio) if self.is_mae else 0.0
         self.mae_eval_mask = mae_eval_mask
         super().__init__(model, **kwargs)
@@ -289,6 +293,8 @@ class VisionTower(EncoderTower):
 
     def run(self, inputs):
         out = self.model(**inputs).last_hidden_state
+        if out.dim() == 4 and not self.keep_grid:
+            out = out.flatten(2).transpose(1, 2)
         length = out.shape[1] if out.dim() == 3 else out.shape[2] * out.shape[3]
         return out, torch.ones(out.shape[0], length, dtype=torch.bool, device=out.device)
 

@@ -29,7 +29,8 @@ from recbole.model.layers import TransformerLayer
 from torch import nn
 
 COARSE = ("sum", "concat", "film", "gate")
-FUSIONS = COARSE + tuple(f"{c}_dnn" for c in COARSE) + ("co_attn", "merge_attn")
+TOKEN_FUSIONS = ("co_attn", "merge_attn")  # attend over the tokens of each modality
+FUSIONS = COARSE + tuple(f"{c}_dnn" for c in COARSE) + TOKEN_FUSIONS
 
 
 def masked_mean(tokens, mask):
