@@ -498,3 +498,134 @@ def test_each_encoder_family_trains_and_scores_in_the_model(toy, text, vision):
     assert all(p.grad is None for p in model.text_tower.blocks[0].parameters())
     model.eval()
     assert torch.isfinite(model.full_sort_predict(first_batch(test))).all()
+
+
+# ---------------------------------------------------------------------------- loss_type
+def test_ce_loss_equals_hand_computed_cross_entropy_and_differs_from_bce(toy):
+    from recbole.data.interaction import Interaction
+
+    model, _, _ = make_model(toy, loss_type="CE", dense_train_last_only=False)
+    model.eval()  # no dropout: the hand computation below is deterministic
+    seq = torch.tensor([[2, 3, 4, 0], [5, 6, 0, 0]])
+    lengths, target = torch.tensor([3, 2]), torch.tensor([7, 8])
+    interaction = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths, model.ITEM_ID: target,
+                               model.USER_ID: torch.tensor([1, 2])})
+    loss = model.calculate_loss(interaction)
+    with torch.no_grad():  # slow reference: every item encoded on its own, softmax over items 1..N-1
+        table = torch.stack([torch.zeros(model.d)] + [model.encode_items(torch.tensor([i]))[0]
+                                                       for i in range(1, model.n_items)])
+        terms = []
+        for b in range(2):
+            states = model.backbone(table[seq[b]].unsqueeze(0), seq[b : b + 1])[0]
+            nxt = list(seq[b, 1 : lengths[b]]) + [target[b]]
+            for t in range(int(lengths[b])):
+                logits = table[1:] @ states[t]
+                terms.append(torch.logsumexp(logits, 0) - logits[int(nxt[t]) - 1])
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    loss.backward()  # the whole catalogue's encoding gets gradients
+    assert model.text_proj.proj.weight.grad is not None
+    model.loss_type = "BCE"
+    assert not torch.allclose(model.calculate_loss(interaction), loss, atol=1e-3)
+
+
+def test_unknown_loss_type_is_a_config_error(toy):
+    with pytest.raises(ConfigError, match="loss_type"):
+        make_model(toy, loss_type="BPR")
+
+
+# ---------------------------------------------------------------------------- ResNet: grid vs pooled
+@pytest.mark.parametrize("modalities,fusion,grid", [(["image"], "merge_attn", False),
+                                                    (["text", "image"], "gate", False),
+                                                    (["text", "image"], "merge_attn", True)])
+def test_resnet_pooled_vector_unless_token_fusion(toy, modalities, fusion, grid):
+    resnet = {k: v for k, v in TINY["resnet"].items() if k != "image_size"}
+    model, _, _ = make_model(toy, modalities=modalities, fusion=fusion, vision_encoder_config=resnet,
+                             image_size=32)
+    assert model.vision_proj.grid is grid
+    assert isinstance(model.vision_proj.proj, torch.nn.Conv2d if grid else torch.nn.Linear)
+    if modalities == ["image"]:  # MMSR-V with a CNN = Linear(pooled 4th-stage vector)
+        model.eval()
+        ids = torch.tensor([i for i in range(1, 9) if model.vision_tower.store.has_image[i]])
+        with torch.no_grad():
+            pooled = model.vision_tower.model(**model.vision_tower.raw_inputs(ids)).pooler_output.flatten(1)
+            assert pooled.shape[1] == 32
+            assert torch.allclose(model.encode_items(ids), model.vision_proj.proj(pooled), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- item_source: features
+def feature_only_config(tmp_path, info, **overrides):
+    from conftest import tiny_run_config
+
+    small = dict(embedding_size=24, inner_size=32, n_layers=1, eval_step=1, train_batch_size=64,
+                 load_col={"inter": ["user_id", "item_id", "timestamp"]})
+    return tiny_run_config(tmp_path, data_path=info["data_path"], multimodal_features=info["features"],
+                           **{**small, **overrides})
+
+
+@pytest.fixture
+def feature_only(tmp_path, monkeypatch):
+    """An MMRec-style set: interactions and *_feat.npy files, no raw text or images."""
+    from conftest import write_tiny_dataset
+
+    monkeypatch.chdir(tmp_path)
+    return write_tiny_dataset(str(tmp_path / "data"), dims={"image": 5, "text": 6})  # image declared first
+
+
+def feature_model(tmp_path, info, **overrides):
+    from recbole.data import data_preparation
+
+    from recbole_mm.config import Config
+    from recbole_mm.model.idagnostic import IDAgnosticMMSR
+    from recbole_mm.quick_start import create_dataset
+
+    config = Config("IDAgnosticMMSR", info["name"], config_dict=feature_only_config(tmp_path, info, **overrides),
+                    parse_argv=False)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    torch.manual_seed(0)
+    return IDAgnosticMMSR(config, train.dataset), train, test
+
+
+def test_feature_only_dataset_runs_with_default_settings(tmp_path, feature_only):
+    from recbole_mm.quick_start import run_recbole_mm
+
+    result = run_recbole_mm("IDAgnosticMMSR", feature_only["name"],
+                            config_dict=feature_only_config(tmp_path, feature_only), saved=False)
+    assert 0.0 <= result["test_result"]["hit@10"] <= 1.0
+
+
+def test_feature_mode_item_vectors_are_projections_of_the_frozen_features(tmp_path, feature_only):
+    model, train, test = feature_model(tmp_path, feature_only)
+    assert model.item_source == "features" and model.modalities == ["text", "image"]  # text is x, image is y
+    assert model.text_tower is None and model.vision_tower is None
+    assert not any(name.startswith("features_") for name in model.state_dict())  # no item-count shapes
+    model.eval()
+    dataset = train.dataset
+    ids = torch.arange(1, model.n_items)
+    with torch.no_grad():
+        text = model.feature_proj["text"](dataset.item_features["text"][ids]).unsqueeze(1)
+        image = model.feature_proj["image"](dataset.item_features["image"][ids]).unsqueeze(1)
+        ones = torch.ones(len(ids), 1, dtype=torch.bool)
+        assert torch.allclose(model.encode_items(ids), model.fusion(text, ones, image, ones), atol=1e-5)
+        cold = model.encode_raw(features={m: dataset.item_features[m][ids[:3]] for m in model.modalities})
+        assert torch.allclose(cold, model.encode_items(ids[:3]), atol=1e-5)
+    single, *_ = feature_model(tmp_path, feature_only, modalities=["image"])
+    single.eval()
+    with torch.no_grad():
+        expected = single.feature_proj["image"](dataset.item_features["image"][ids])
+        assert torch.allclose(single.encode_items(ids), expected, atol=1e-5)
+    model.train()
+    loss = model.calculate_loss(first_batch(train))
+    loss.backward()
+    assert torch.isfinite(loss) and model.feature_proj["image"].proj.weight.grad is not None
+
+
+def test_feature_mode_refuses_co_attention_and_raw_mode_names_the_missing_text(tmp_path, feature_only):
+    with pytest.raises(ConfigError, match="'fusion' = co_attn.*merge_attn"):
+        feature_model(tmp_path, feature_only, fusion="co_attn")
+    with pytest.raises(ConfigError, match="item_text_file"):
+        feature_model(tmp_path, feature_only, item_source="raw")
+    with pytest.raises(FileNotFoundError, match="item_text_file"):
+        feature_model(tmp_path, feature_only, item_source="raw", modalities=["text"])
+    with pytest.raises(ConfigError, match="item_source"):
+        feature_model(tmp_path, feature_only, item_source="pixels")

@@ -88,6 +88,10 @@ def resolve_item_source(config, dataset):
                 "Fix: set item_text_file / item_image_dir (raw text, images), or declare multimodal_features "
                 f"(*_feat.npy) in the dataset yaml, or choose modalities from the raw content {raw}.")
     if source == "raw":
+        if requested is None and not raw:
+            raise ConfigError("IDAgnosticMMSR with item_source: raw needs raw item text or images, and the dataset "
+                              "has neither. Fix: set item_text_file (or put <dataset>.text next to the .inter file) "
+                              "or item_image_dir in the dataset yaml, or use item_source: features.")
         modalities = list(requested) if requested is not None else [m for m in RAW_MODALITIES if m in raw]
         unknown = [m for m in modalities if m not in RAW_MODALITIES]
         if unknown or not modalities:
