@@ -639,3 +639,37 @@ def test_recbole_one_epoch_scientific_text_only(tmp_path, monkeypatch):
         train_batch_size=512, graph_cache_dir=str(tmp_path / "cache"), **SMALL))
     assert all(np.isfinite(v) for v in result["test_result"].values())
     assert result["test_result"]["ndcg@10"] > 0
+
+
+def test_reordered_timestamps_rebuild_the_cached_cooccurrence_graph(tmp_path, monkeypatch):
+    """Same training (user, item) pairs, other order: the cached O of the first order must not be reused."""
+    from recbole.data import data_preparation
+
+    from recbole_mm.quick_start import create_dataset
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(3)
+    sequences = [rng.permutation(np.arange(1, 25))[:8].tolist() for _ in range(12)]
+    write_toy_dataset(os.path.join(tmp_path, "toyr"), sequences)
+    inter = os.path.join(tmp_path, "toyr", "toyr.inter")
+
+    def cooc_and_reference():
+        config = recbole_config(tmp_path, "toyr", cooc_norm="none", graph_cache_dir=str(tmp_path / "cache"))
+        train, _, _ = data_preparation(config, create_dataset(config))
+        model = MDSRec(config, train._dataset)
+        expected = reference_cooccurrence(train._dataset.train_sequences(), model.n_items)
+        return dense(model, "cooc").numpy(), expected, train._dataset.train_interaction_matrix()
+
+    first, expected_first, pairs_first = cooc_and_reference()
+    np.testing.assert_allclose(first, expected_first, rtol=1e-6)
+    # same rows (so the same internal ids), training timestamps permuted within each user
+    with open(inter, "w", encoding="utf-8") as handle:
+        handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for u, seq in enumerate(sequences, start=1):
+            times = list(rng.permutation(len(seq) - 2)) + [len(seq) - 2, len(seq) - 1]
+            for item, t in zip(seq, times):
+                handle.write(f"{u}\t{item}\t{t}\n")
+    second, expected_second, pairs_second = cooc_and_reference()
+    assert (pairs_first != pairs_second).nnz == 0  # the training pairs did not change
+    assert not np.allclose(expected_first, expected_second)
+    np.testing.assert_allclose(second, expected_second, rtol=1e-6)

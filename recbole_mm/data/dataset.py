@@ -190,17 +190,20 @@ class MultimodalSequentialDataset(SequentialDataset):
 
     @property
     def fingerprint(self):
-        """Hex id of the features and (on the training split) the training interactions.
-        Computed once per split object: every graph builder of a model keys its cache on it."""
+        """Hex id of the features and (on the training split) the time-ordered training
+        sequences, so a co-occurrence graph is rebuilt when only the order changes (same
+        user-item pairs, other timestamps). Computed once per split object: every graph builder
+        of a model keys its cache on it."""
         cached = self.__dict__.get("_fingerprint")
         if cached is not None and cached[0] == self.split_name:
             return cached[1]
         digest = hashlib.sha1(self._features_fingerprint.encode())
         digest.update(f"{self.user_num}:{self.item_num}:{self.split_name}".encode())
         if self.split_name == "train":
-            matrix = self.train_interaction_matrix()
-            digest.update(matrix.indptr.tobytes())
-            digest.update(matrix.indices.tobytes())
+            sequences = self.train_sequences()
+            digest.update(np.array([len(s) for s in sequences], dtype=np.int64).tobytes())
+            for sequence in sequences:
+                digest.update(np.ascontiguousarray(sequence, dtype=np.int64).tobytes())
         self._fingerprint = (self.split_name, digest.hexdigest())
         return self._fingerprint[1]
 

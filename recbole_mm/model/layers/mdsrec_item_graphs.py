@@ -1,4 +1,4 @@
-"""Item-side precomputation of MDSRec (spec section 2), built once from the training split.
+"""Item-side precomputation of MDSRec (used by MDSRec only), built once from the training split.
 
 1. O: co-occurrence of the training sequences (Eq. 1-2), ``graphs.cooccurrence``; normalised
    to Ō (``cooc_norm``).
@@ -8,8 +8,8 @@
 4. C^m: k-means of the raw (or injected) features (Eq. 10), ``graphs.codes``.
 
 Everything that is slow to build (O, neighbour lists, cluster labels) goes through
-``graphs.cache.cached_tensor`` keyed on the dataset fingerprint (features + training split) and
-on every setting that changes it.
+``graphs.cache.cached_tensor`` keyed on the dataset fingerprint (features + the time-ordered
+training sequences, so reordered timestamps rebuild O) and on every setting that changes it.
 """
 import warnings
 
