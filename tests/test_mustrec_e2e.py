@@ -44,6 +44,28 @@ def test_pretrain_variant_runs_two_stages_from_one_command(in_tmp, tiny_dataset)
     assert all(0.0 <= v <= 1.0 for v in again["test_result"].values())
 
 
+def test_pretrain_variant_checkpoint_reloads_with_identical_scores(in_tmp, tiny_dataset):
+    from recbole_mm.quick_start import load_data_and_model
+
+    config = Config("MuSTRec", "tiny", config_dict=tiny_config(in_tmp, tiny_dataset, epochs=2, variant="S",
+                                                                seq_item_source="id"), parse_argv=False)
+    init_seed(config["seed"], True)
+    train, valid, test = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], True)
+    trainer = MuSTRecTrainer(config, MuSTRec(config, train.dataset))
+    trainer.fit(train, valid, verbose=False, saved=True)
+    trainer.evaluate(test, load_best_model=True)  # the trained model now holds the best checkpoint
+    batch = next(iter(test))[0]
+    model = trainer.model.eval()
+    with torch.no_grad():
+        expected = model.full_sort_predict(batch.to(model.device))
+    _, reloaded, *_ = load_data_and_model(trainer.saved_model_file)
+    reloaded.eval()
+    assert reloaded.stage == "head"
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.full_sort_predict(batch.to(reloaded.device)), expected)
+
+
 def write_tied_dataset(root):
     """Users whose last items share one timestamp: split, sequences and graph must agree."""
     folder = os.path.join(root, "tied")

@@ -197,7 +197,9 @@ class MuSTRec(SequentialRecommender):
         std = config["initializer_range"]
         for module in (self.position_embedding, self.input_layer_norm, self.encoder):
             module.apply(lambda m: init_head_weights(m, std))
-        self.frozen_user, self.frozen_item = None, None  # MuSTRec-S stage 2 tables
+        # MuSTRec-S stage 2 tables h_u, h_i: buffers (or trainable copies), so checkpoints keep them
+        self.register_buffer("frozen_user", None)
+        self.register_buffer("frozen_item", None)
         self._eval_cache = None
 
     # ------------------------------------------------------------------ graphs
@@ -378,15 +380,29 @@ class MuSTRec(SequentialRecommender):
         if stage == "head":
             with torch.no_grad():
                 h_user, h_item = self.graph_representations(self.ui_graph_full)
-            for parameter in self.graph_parameters():
-                parameter.requires_grad_(False)
-            if self.freeze_pretrained:
-                self.frozen_user, self.frozen_item = h_user.detach(), h_item.detach()
-            else:  # trainable copies (the official code's vestigial hook)
-                self.frozen_user = nn.Parameter(h_user.detach().clone())
-                self.frozen_item = nn.Parameter(h_item.detach().clone())
+            self._set_head_tables(h_user, h_item)
         self.stage = stage
         self._eval_cache = None
+
+    def _set_head_tables(self, h_user, h_item):
+        """Stage 2 of MuSTRec-S: freeze the graph part and score with the tables ``h_user, h_item``."""
+        for parameter in self.graph_parameters():
+            parameter.requires_grad_(False)
+        if self.freeze_pretrained:
+            self.frozen_user, self.frozen_item = h_user.detach().clone(), h_item.detach().clone()
+        else:  # trainable copies (the official code's vestigial hook)
+            self.frozen_user = nn.Parameter(h_user.detach().clone())
+            self.frozen_item = nn.Parameter(h_item.detach().clone())
+        self.stage = "head"
+        self._eval_cache = None
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """A stage-2 checkpoint of MuSTRec-S holds its tables: loading it puts this model in
+        stage 2 with them, so a reloaded model scores exactly as the saved one."""
+        if state_dict.get("frozen_item") is not None and self.stage != "head":
+            self._set_head_tables(state_dict["frozen_user"].to(self.device), state_dict["frozen_item"].to(self.device))
+        self._eval_cache = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def optimizer_param_groups(self):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
