@@ -11,6 +11,7 @@ import torch
 import yaml
 from recbole.data.interaction import Interaction
 
+from recbole_mm.data.dataset import TARGET_POSITION_FIELD
 from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, FrequencyFilter, attention_mask, right_to_left_padding)
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
@@ -62,14 +63,15 @@ class FakeDataset:
         return self.item_num if field == "item_id" else self.user_num
 
     def _rows(self):
-        users, seqs, lengths, targets = [], [], [], []
+        users, seqs, lengths, targets, positions = [], [], [], [], []
         for user, seq in enumerate(self.sequences):
             for t in range(1, len(seq)):
                 history = seq[max(0, t - L):t]
-                users.append(user), lengths.append(len(history)), targets.append(seq[t])
+                users.append(user), lengths.append(len(history)), targets.append(seq[t]), positions.append(t)
                 seqs.append(np.pad(history, (0, L - len(history))))
         return Interaction({"user_id": torch.tensor(users), "item_id_list": torch.tensor(np.array(seqs)),
-                            "item_length": torch.tensor(lengths), "item_id": torch.tensor(targets)})
+                            "item_length": torch.tensor(lengths), "item_id": torch.tensor(targets),
+                            TARGET_POSITION_FIELD: torch.tensor(positions)})
 
     def train_interaction_matrix(self):
         rows = [u for u, s in enumerate(self.sequences) for _ in s]
@@ -290,7 +292,7 @@ def test_loss_equals_hand_computation():
     model = build(ds, omega=0.3, w_bpr=0.7, reg_weight=0.05).eval()  # eval: full graph, no dropout
     batch = ds.inter_feat
     negatives = torch.tensor([(int(i) % (ds.item_num - 1)) + 1 for i in batch["item_id"] * 3 + 1])
-    model.sample_negatives = lambda users: negatives
+    model.sample_negatives = lambda users, positions: negatives
     model.stage = "joint"
     loss = model.calculate_loss(batch)
     h_user, h_item = model.graph_representations(model.ui_graph_full)
@@ -326,15 +328,42 @@ def test_lambda_zero_and_omega_zero_cut_gradients():
     assert all(grads[n] is None for n in grads if n.startswith(("encoder", "position_embedding")))
 
 
-def test_negatives_avoid_pad_and_history():
+def test_negatives_avoid_pad_and_history_and_are_uniform():
     ds = FakeDataset(n_items=30)
     model = build(ds)
     r = ds.train_interaction_matrix().toarray()
-    users = torch.arange(1, ds.user_num).repeat(300)
-    negatives = model.sample_negatives(users)
+    users = torch.arange(1, ds.user_num).repeat_interleave(3000)
+    positions = torch.arange(3000).repeat(ds.user_num - 1)
+    negatives = model.sample_negatives(users, positions)
     assert (negatives > 0).all()
     assert r[users.numpy(), negatives.numpy()].sum() == 0
-    assert len(set(negatives.tolist())) > 15  # spread over the catalogue
+    for user in range(1, ds.user_num):  # uniform over the user's allowed items (3,000 draws each)
+        allowed = [i for i in range(1, ds.item_num) if not r[user, i]]
+        counts = np.bincount(negatives[users == user].numpy(), minlength=ds.item_num)[allowed]
+        expected = 3000 / len(allowed)
+        assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
+
+
+def test_negatives_depend_on_the_row_not_on_its_batch_or_order():
+    """The DDP prerequisite: a row draws the same negative in any batch order or split."""
+    ds = FakeDataset(n_items=30)
+    model = build(ds)
+    batch = ds.inter_feat
+    users, positions = batch["user_id"], batch[TARGET_POSITION_FIELD]
+    model.on_epoch_start(0)
+    negatives = model.sample_negatives(users, positions)
+    order = torch.randperm(len(users), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.sample_negatives(users[order], positions[order]), negatives[order])
+    half = len(users) // 2  # two "ranks", each with half of the rows
+    split = torch.cat([model.sample_negatives(users[:half], positions[:half]),
+                       model.sample_negatives(users[half:], positions[half:])])
+    torch.testing.assert_close(split, negatives)
+    model.on_epoch_start(1)
+    assert (model.sample_negatives(users, positions) != negatives).float().mean() > 0.5  # a new draw per epoch
+    model.on_epoch_start(0)
+    torch.testing.assert_close(model.sample_negatives(users, positions), negatives)
+    other_seed = MuSTRec(make_config(seed=8), ds)  # the config seed keys the draws too
+    assert (other_seed.sample_negatives(users, positions) != negatives).float().mean() > 0.5
 
 
 # ------------------------------------------------------------------ 8. modes and variants

@@ -29,6 +29,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config import ConfigError, select_modalities
+from recbole_mm.data.dataset import TARGET_POSITION_FIELD
 from recbole_mm.data.leakage import (check_eval_histories, check_training_graph, history_entries, history_keys,
                                      is_member)
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
@@ -38,6 +39,7 @@ from recbole_mm.model.layers.feature_table import FeatureTable
 from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, MaskDropout, attention_mask, init_head_weights, right_to_left_padding)
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
+from recbole_mm.utils import keyed_randint
 
 try:  # the foundation's trainer (hooks, safe loading); plain RecBole before it exists
     from recbole_mm.trainer import MMTrainer
@@ -182,7 +184,7 @@ class MuSTRec(SequentialRecommender):
             self.ui_graph_full = user_item_adjacency(inter)
             keep = float(config["ui_keep_ratio"])
             self.pruner = DegreePruner(inter, keep, seed=self.seed) if keep < 1.0 else None
-        self._neg_generator = torch.Generator().manual_seed(self.seed)
+        self._epoch = 0  # keys the BPR negatives (on_epoch_start)
 
         # --- head (Eqs 10-16)
         positions = self.max_seq_length + (1 if self.user_token else 0)
@@ -242,7 +244,8 @@ class MuSTRec(SequentialRecommender):
         return self._ui_graph_epoch
 
     def on_epoch_start(self, epoch_idx):
-        """Trainer hook: draw this epoch's degree-pruned user-item graph (spec D9)."""
+        """Trainer hook: this epoch's BPR negatives and degree-pruned user-item graph."""
+        self._epoch = int(epoch_idx)
         if self.pruner is not None and self.stage != "head":
             self._ui_graph_epoch = self.pruner.sample().to(self.device)
 
@@ -291,16 +294,27 @@ class MuSTRec(SequentialRecommender):
         return output[:, -1]
 
     # ------------------------------------------------------------------ training
-    def sample_negatives(self, users):
-        """One item per user, uniform over non-PAD items outside the training history."""
-        users = users.cpu()
-        negatives = torch.randint(1, self.n_items, users.shape, generator=self._neg_generator)
+    def sample_negatives(self, users, positions):
+        """One item per row, uniform over non-PAD items outside the user's training history.
+
+        Each row's draw is a function of (seed, epoch, user, target position) only: the same
+        row gets the same negative whatever batch, order or process (DDP rank) it lands in, and
+        a fresh one every epoch. A draw inside the history is redrawn with the next attempt
+        counter (at most 100 times)."""
+        users, positions = users.cpu(), positions.cpu()
+        user_keys, position_keys = users.numpy(), positions.numpy()
+
+        def draw(rows, attempt):
+            return torch.from_numpy(keyed_randint(1, self.n_items, self.seed, self._epoch, user_keys[rows],
+                                                  position_keys[rows], attempt))
+
+        negatives = draw(slice(None), 0)
         keys = self.history_keys.cpu()
-        for _ in range(100):
+        for attempt in range(1, 101):
             clash = is_member(users * self.n_items + negatives, keys)
             if not clash.any():
                 break
-            negatives[clash] = torch.randint(1, self.n_items, (int(clash.sum()),), generator=self._neg_generator)
+            negatives[clash] = draw(clash.numpy(), attempt)
         return negatives.to(self.device)
 
     def bpr_terms(self, h_user, h_item, users, positives, negatives):
@@ -321,7 +335,11 @@ class MuSTRec(SequentialRecommender):
         if self.stage != "head" and (self.w_bpr > 0 or self.seq_item_source == "graph"):
             h_user, h_item = self.graph_representations()
         if self.stage != "head" and self.w_bpr > 0:
-            negatives = self.sample_negatives(users)
+            # a row = (user, target position); RecBole-style datasets without the field fall back
+            # to the sequence length, which is unique per user below MAX_ITEM_LIST_LENGTH
+            positions = (interaction[TARGET_POSITION_FIELD] if TARGET_POSITION_FIELD in interaction
+                         else interaction[self.ITEM_SEQ_LEN])
+            negatives = self.sample_negatives(users, positions)
             loss = loss + self.w_bpr * self.bpr_terms(h_user, h_item, users, positives, negatives)
         if self.stage == "graph":
             return loss
