@@ -14,7 +14,6 @@ CORE = [
     "pyarrow<26",
     "setuptools<81",
     "scipy<1.13",  # RecBole's graph baselines (LightGCN, NGCF, NCL, ...) call dok_matrix._update, gone in 1.13
-    "scikit-learn",
     "pyyaml",
     "tqdm",
     # recbole imports ray.tune and hyperopt at module level
