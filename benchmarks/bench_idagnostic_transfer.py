@@ -18,17 +18,17 @@ lr 1e-3, wd 0.1, batch 64, no lr decay, validation every epoch (Hit@10), seed 20
 Commands (one core; run from a scratch folder so RecBole's log/ goes there)::
 
     mkdir -p /tmp/transfer/run && cd /tmp/transfer/run
-    B=/work/main/benchmarks/bench_idagnostic_transfer.py
+    B=<repository>/benchmarks/bench_idagnostic_transfer.py  # DATA = the folder holding scientific/
     export OMP_NUM_THREADS=1 OUT=/tmp/transfer/results.jsonl
     # source: every prefix row (ml-100k users have ~100 items; the default trains on the last 20 only)
     python $B --runs source --source_epochs 2 --source_config '{"dense_train_last_only": false}' --out $OUT
-    python $B --runs scratch transfer --epochs 3 --out $OUT                      # seed 2020
-    python $B --runs scratch transfer --epochs 3 --config '{"seed": 2021}' --out $OUT
-    python $B --runs scratch transfer --epochs 3 --config '{"seed": 2022}' --out $OUT
-    python $B --runs scratch transfer --epochs 25 --config '{"stopping_step": 5}' --out $OUT
+    python $B --data_path DATA --runs scratch transfer --epochs 3 --out $OUT                      # seed 2020
+    python $B --data_path DATA --runs scratch transfer --epochs 3 --config '{"seed": 2021}' --out $OUT
+    python $B --data_path DATA --runs scratch transfer --epochs 3 --config '{"seed": 2022}' --out $OUT
+    python $B --data_path DATA --runs scratch transfer --epochs 25 --config '{"stopping_step": 5}' --out $OUT
     # a 1-epoch run trains exactly epoch 1 of the longer runs of the same seed (no lr schedule;
     # the per-epoch test pass restores torch's RNG state):
-    python $B --runs scratch transfer --epochs 1 --out $OUT
+    python $B --data_path DATA --runs scratch transfer --epochs 1 --out $OUT
 
 ``--runs transfer`` uses ``--source_ckpt`` or else the checkpoint of the last ``source`` line
 of ``--out``. One JSON line per run is appended to ``--out``.
@@ -218,7 +218,7 @@ def main():
     parser.add_argument("--source_epochs", type=int, default=2)
     parser.add_argument("--source_config", default="{}", help="JSON overrides for the source run only")
     parser.add_argument("--target", default="scientific")
-    parser.add_argument("--data_path", default="/work/shared/datasets", help="target data root")
+    parser.add_argument("--data_path", default=None, help="folder holding the target dataset's folder")
     parser.add_argument("--epochs", type=int, default=3, help="target budget (epochs)")
     parser.add_argument("--config", default="{}", help="JSON overrides for every run")
     parser.add_argument("--source_ckpt", default=None)
@@ -227,6 +227,8 @@ def main():
     parser.add_argument("--work", default="/tmp/transfer")
     parser.add_argument("--out", default="/tmp/transfer/results.jsonl")
     args = parser.parse_args()
+    if {"scratch", "transfer"} & set(args.runs) and not args.data_path:
+        parser.error(f"--data_path is required for the scratch and transfer runs (the folder holding {args.target}/)")
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     extra = json.loads(args.config)

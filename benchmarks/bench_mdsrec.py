@@ -1,6 +1,6 @@
 """MDSRec timing on a Baby-scale synthetic set (docs/benchmarks/mdsrec.md).
 
-    python /work/shared/tools/make_synthetic_mmrec.py --out /tmp/src --name babyscale
+    # /tmp/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy)
     python -m recbole_mm.prepare mmrec --src /tmp/src --name babyscale --out /tmp/data
     python benchmarks/bench_mdsrec.py --data_path /tmp/data --dataset babyscale --steps 20 \
         [--set '{"embedding_size": 64}'] [--full-epoch] [--threads 1]

@@ -1,7 +1,9 @@
 """Small CPU quality runs of MDSRec, its ablations and SASRec (docs/results/mdsrec.md).
 
-    python benchmarks/bench_mdsrec_results.py --dataset scientific --runs full sasrec no_cre \
+    python benchmarks/bench_mdsrec_results.py --dataset scientific --data_path DATA --runs full sasrec no_cre \
         --out /tmp/mdsrec_results.jsonl [--epochs 30] [--threads 1]
+
+``DATA`` is the folder holding ``scientific/``; ml-100k needs none (RecBole ships it).
 
 Every run uses the same small dimensions for MDSRec and SASRec (``SMALL`` below) and the
 project protocol (leave-one-out, time order, full ranking, no history masking). One JSON line
@@ -28,7 +30,7 @@ RUNS = {
     "no_ica": ("MDSRec", dict(use_ica=False)),
 }
 DATASETS = {  # per-dataset settings; H and k from the paper where the dataset is in it
-    "scientific": dict(data_path=os.path.join(ROOT, "..", "shared", "datasets"), knn_k=5, n_centers=16),
+    "scientific": dict(knn_k=5, n_centers=16),
     "ml-100k": dict(knn_k=10, n_centers=16),
 }
 
@@ -37,6 +39,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="scientific", choices=sorted(DATASETS))
     parser.add_argument("--runs", nargs="+", default=["sasrec", "full"], choices=sorted(RUNS))
+    parser.add_argument("--data_path", default=None, help="folder holding the dataset's folder")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2020)
@@ -56,8 +59,10 @@ def main():
     for name in args.runs:
         model, overrides = RUNS[name]
         config = dict(SMALL, epochs=args.epochs, seed=args.seed, show_progress=False, state="INFO",
-                      graph_cache_dir=os.path.abspath("graph_cache"),  # never inside ../shared
+                      graph_cache_dir=os.path.abspath("graph_cache"),  # never inside the data folder
                       **DATASETS[args.dataset])
+        if args.data_path:
+            config["data_path"] = args.data_path
         if model != "MDSRec":
             config = {k: v for k, v in config.items() if k not in ("knn_k", "n_centers")}
         config.update(overrides)

@@ -1,4 +1,4 @@
-"""MDSRec tests (spec ../shared/specs/mdsrec.md section 8, plus the issue's list).
+"""MDSRec tests: hand-computed references for every equation and switch (docs/models/MDSRec.md).
 
 Unit tests use a tiny in-memory dataset with the contract attributes; the end-to-end tests
 build real RecBole splits from small files written into tmp_path.

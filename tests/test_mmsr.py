@@ -1,7 +1,7 @@
 """Tests of MMSR (recbole_mm/model/mmsr.py) and its batched MSGraph builder.
 
-References written here, slow and literal: a per-sample graph builder following the spec
-(mmsr.md §2) node by node, and per-node loops for the two attention aggregations.
+References written here, slow and literal: a per-sample graph builder following the paper's
+§4.1 (docs/models/MMSR.md) node by node, and per-node loops for the two attention aggregations.
 """
 import os
 import types

@@ -34,7 +34,7 @@ def is_member(keys, sorted_keys):
 
 
 def check_training_graph(inter_csr, dataset):
-    """Leakage check (spec D6): graph edges of each user are exactly its training-sequence items,
+    """Leakage check (D6 in docs/models/MuSTRec.md): graph edges of each user are exactly its training-sequence items,
     and every training sample (history + target) uses only those items."""
     sequences = dataset.train_sequences()
     for user in range(inter_csr.shape[0]):

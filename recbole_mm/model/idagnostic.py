@@ -6,16 +6,16 @@ is its text and image, so cold items are scored and the weights transfer across 
 Equation-to-code map, defaults that differ from the official code and the switches of every
 paper table: ``docs/models/IDAgnosticMMSR.md``.
 
-* Item encoding (§3.1, ``item_source``): ``raw`` runs the encoders on the raw item text and
+* Item encoding (§3.1-3.2, ``item_source``): ``raw`` runs the encoders on the raw item text and
   images: text tokens ``T = W_t TE(text)`` (per-token linear, no pooling), image tokens
   ``V = W_v VE(image)``; only the top ``n_finetune_blocks_*`` blocks of each encoder are trained
   (App. F), everything below is frozen and its outputs are cached. ``features`` is the frozen
   encoder setting: one precomputed vector per item and modality (the dataset's ``*_feat.npy``),
   then the same per-modality projection ``W_m``.
-* Fusion (§3.2, ``fusion``): ``e_i = Fuse(T, V)``; one modality (``modalities: [text]`` =
+* Fusion (§3.3, ``fusion``): ``e_i = Fuse(T, V)``; one modality (``modalities: [text]`` =
   MMSR-T, ``[image]`` = MMSR-V) is the masked mean of its projected tokens.
-* Backbone (§3.3, ``backbone``): ``h_t = Seq(e_1..e_t)``; score ``s(i) = <h_t, e_i>``.
-* Objective (Eq. 6, ``loss_type``): dense next-item prediction at every valid position;
+* Backbone (§3.5, ``backbone``): ``h_t = Seq(e_1..e_t)``; score ``s(i) = <h_t, e_i>``.
+* Objective (§4.4, Eq. 6, ``loss_type``): dense next-item prediction at every valid position;
   ``BCE`` = the paper's one uniform negative per position (not in the user's row),
   ``L = mean BCE(s+, 1) + mean BCE(s-, 0)``; ``CE`` = softmax cross-entropy over all items.
 

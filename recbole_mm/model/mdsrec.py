@@ -1,8 +1,8 @@
 """MDSRec: Multimodal Difference Learning for Sequential Recommendation.
 
 Li, Guo, Li, Zou, AAAI 2025. No official code exists; every reading of an ambiguous passage is
-a config key (``properties/model/MDSRec.yaml``) with the default chosen in
-``../shared/specs/mdsrec.md``.
+a config key (``properties/model/MDSRec.yaml``). Equation-to-code map, the reasons for each
+default and the switches of the paper's tables: ``docs/models/MDSRec.md``.
 
 Item side (built once from the training split, cached; see ``layers/mdsrec_item_graphs.py``):
   O        co-occurrence of training sequences, O_ij = sum_u 1/D_ij           (Eq. 1-2)

@@ -1,7 +1,8 @@
 """MMSR: Adaptive Multi-Modalities Fusion in Sequential Recommendation Systems.
 
 Hengchang Hu, Wei Guo, Yong Liu, Min-Yen Kan. CIKM 2023. https://arxiv.org/abs/2308.15980
-Spec: ../shared/specs/mmsr.md.  Official code: github.com/HoldenHu/MMSR (model ``VLGraph``).
+Official code: github.com/HoldenHu/MMSR (model ``VLGraph``).  Equation-to-code map, official-code
+differences (B1-B15) and the switches of the paper's tables: ``docs/models/MMSR.md``.
 
 Pipeline (paper section / equation):
 - §4.1 modality codes: every modality feature is reduced (linear AE) and clustered (k-means,
@@ -19,7 +20,7 @@ Pipeline (paper section / equation):
   (sync) and the baseline aggregators GCN/SAGE/GAT/RGAT of Table 3.
 - §4.4 readout: the last item's node ("last pooling"); scores ``P . E_v^T`` (Eq. 7); CE loss.
 
-Official-code bugs not reproduced (spec §6): K and V are distinct projections (B1), non-invasive
+Official-code bugs not reproduced (``docs/models/MMSR.md``): K and V are distinct projections (B1), non-invasive
 hohe attends from the homogeneous state (B2) and phase 2 re-projects (B3); the gate is Eq. 16
 (B4, official gate: ``gate: shared``); model selection uses validation and RecBole's metrics (B6, B7).
 

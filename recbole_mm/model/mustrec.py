@@ -1,8 +1,8 @@
 """MuSTRec: Multimodal and Sequential Transformer-based Recommendation.
 
-Paper: "Multimodal Enhancement of Sequential Recommendation" (MuSTRec; file
-``../shared/papers/mustrec.txt``). Spec with the official-code deviations:
-``../shared/specs/mustrec.md``. Equations implemented:
+Paper: Sahyouni, Chen, Vowels, Hadfield, "Multimodal Enhancement of Sequential Recommendation".
+Equation-to-code map, official-code differences (D1-D13) and the switches of the paper's tables:
+``docs/models/MuSTRec.md``. Equations implemented:
 
 - Eq 1-3   frozen item-item graph ``S = sum_m alpha_m D^-1/2 kNN_k(X^m) D^-1/2`` (cosine, top-k
            incl. self, directed), built once from the raw features (``recbole_mm.graphs``).
@@ -17,7 +17,7 @@ Paper: "Multimodal Enhancement of Sequential Recommendation" (MuSTRec; file
 Variants (switches, or the ``variant`` shorthand expanded by :func:`resolve_switches`):
 -B (BSARec: no graphs, CE only), -M (no user-item graph), -I (no item-item graph, no features),
 -V / -T (visual / text graph only), -U (user token), -S (two-stage, :class:`MuSTRecTrainer`).
-``seq_item_source: id`` reproduces the official head input (raw ID table; spec D1).
+``seq_item_source: id`` reproduces the official head input (raw ID table; D1).
 """
 import copy
 
@@ -98,7 +98,7 @@ def modality_weights(modalities, image_weight, explicit=None):
 
     ``explicit`` (``modality_weights`` key) wins. Otherwise ``image`` gets ``image_weight`` and
     the other modalities share ``1 - image_weight`` equally; without an image modality all
-    share equally; a single modality gets 1 (spec: "S is the other one's graph").
+    share equally; a single modality gets 1 (the official rule for a missing modality).
     """
     if explicit:
         unknown = set(explicit) - set(modalities)

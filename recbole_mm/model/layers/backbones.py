@@ -1,4 +1,4 @@
-"""Sequence backbones of Li et al. 2023 (§3.3): SASRec, GRU4Rec, NextItNet.
+"""Sequence backbones of Li et al. 2023 (§3.5), used by IDAgnosticMMSR: SASRec, GRU4Rec, NextItNet.
 
 Each maps right-padded item vectors ``[B,L,d]`` (ids ``[B,L]``, 0 = pad) to hidden states
 ``[B,L,d]``; position ``t`` sees only items ``<= t`` (causal), so trailing pads never change

@@ -1,4 +1,4 @@
-"""Modality fusion modules of Li et al. 2023 (§3.2, Table 3).
+"""Modality fusion modules of Li et al. 2023 (§3.3, Table 3); used by IDAgnosticMMSR.
 
 Every fusion maps text tokens ``x [B,Lx,d]`` (mask ``[B,Lx]``) and image tokens
 ``y [B,Ly,d]`` (mask ``[B,Ly]``; all False for an item without an image) to one item

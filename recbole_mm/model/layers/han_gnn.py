@@ -8,7 +8,7 @@
   over the heterogeneous neighbours and the self-loop, values ``W_V y_j``.  (The paper puts the
   query on the neighbour; naming the centre's projection "query" is the same model.)
 - W_Q, W_K, W_V are type-specific (one per node type) and three distinct projections
-  (the official code reuses W_Q for K and V; spec bug B1).
+  (the official code reuses W_Q for K and V; B1 in docs/models/MMSR.md).
 - ``mode='async'`` (default): A = Ho(H,H), E = He(H,H); hohe = He(A, H), heho = Ho(E, H) when
   non-invasive (attention from the intermediate state, values from h^(l)), He(A, A) / Ho(E, E)
   when invasive; gate beta = softmax(MLP([hohe; heho])) (Eq. 16-17).

@@ -9,7 +9,7 @@ official code, initialise the trainable code embeddings.
 own; its embedding is a learned Linear projection of the item's scaled AE feature
 (:class:`ItemModalityEmbedding`).
 
-Deviations from the official code (spec mmsr.md §1, bug B9): the autoencoder is linear (no
+Deviations from the official code (B9 in docs/models/MMSR.md): the autoencoder is linear (no
 Sigmoid), its best state is copied (not a live reference), and everything is fitted on the
 training items only by default.  Results are cached on disk with ``recbole_mm.graphs.cache``.
 """

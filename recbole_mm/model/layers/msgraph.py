@@ -22,7 +22,7 @@ Relations ``R[b, i, j]`` (label of neighbour ``j`` as seen from centre ``i``):
 (item-code or code-code of different modalities at the same position).
 Transitions: for consecutive positions ``t, t+1`` with different items, item(t) -> item(t+1)
 and every code pair ``codes_m(t) x codes_m(t+1)`` with different codes; a step between two
-equal items is skipped entirely, codes included (official behaviour kept by the spec).
+equal items is skipped entirely, codes included (the official code's behaviour, kept).
 """
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
