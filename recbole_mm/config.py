@@ -32,7 +32,7 @@ RENAMED_KEYS = {
 }
 # Models whose width is ``embedding_size`` alone; ``hidden_size`` is accepted for them only when
 # it equals ``embedding_size`` (one protocol file can then serve RecBole's baselines too).
-EMBEDDING_SIZE_MODELS = ("MuSTRec", "MMSR", "MDSRec", "IDAgnosticMMSR")
+EMBEDDING_SIZE_MODELS = ("MuSTRec", "MMSR", "MDSRec", "IDAgnosticMMSR", "FeatureSASRec")
 
 
 def require_cross_entropy(config, model_name, error_class=ConfigError):

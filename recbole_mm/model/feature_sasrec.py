@@ -10,10 +10,11 @@ SASRec (Kang and McAuley, ICDM 2018) except the item table, used both as input a
 
 with :math:`\mathbf{x}^m_i` the dataset's frozen feature of item *i* in modality *m* (zero where the
 item has none) and :math:`\mathbf{W}_m` a trainable linear map to the embedding size
-(:class:`FeatureItemTable`). ``modalities`` selects the modalities (default: all the dataset has);
+(:class:`FeatureItemTable`). The modalities are those the dataset loads (``modalities``, default: all);
 ``use_id_embedding: false`` drops :math:`\mathbf{E}^{id}` (a feature-only SASRec).
 
 Keys (``properties/model/FeatureSASRec.yaml``): SASRec's, with ``embedding_size`` as the width.
+More in ``docs/models/FeatureSASRec.md``.
 """
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
@@ -85,14 +86,11 @@ class FeatureSASRec(SASRec):
 
     @staticmethod
     def _frozen_features(config, dataset):
-        """The dataset's feature tables with missing rows zeroed, restricted to ``modalities``."""
+        """The dataset's feature tables (those ``modalities`` loads) with missing rows zeroed."""
         from recbole_mm.config import ConfigError
 
-        available = list(getattr(dataset, "modalities", []))
-        wanted = config["modalities"] or available
-        unknown = [m for m in wanted if m not in available]
-        if unknown or not wanted:
-            raise ConfigError(f"FeatureSASRec: modalities {unknown or wanted} are not features of this dataset "
-                              f"(it has {available}). Fix: set modalities to a subset of {available}, or declare "
-                              "multimodal_features for the dataset.")
-        return {m: dataset.item_features[m] * dataset.item_feature_mask[m][:, None].float() for m in wanted}
+        loaded = list(getattr(dataset, "item_features", {}))
+        if not loaded:
+            raise ConfigError(f"FeatureSASRec needs item feature files, and dataset '{config['dataset']}' loads none. "
+                              "Fix: declare multimodal_features for the dataset (or check modalities).")
+        return {m: dataset.item_features[m] * dataset.item_feature_mask[m][:, None].float() for m in loaded}
