@@ -18,6 +18,7 @@ A grid file (yaml; ``properties/benchmark/leaderboard.yaml`` is the project's le
         config: {variant: B}
         tune_from: MuSTRec             # use MuSTRec's tuned values, no search of its own
         table: ablation
+        result_split: test             # valid: tables show the selection split (protocols that select on test)
 
 Cells: an entry with ``search`` runs every configuration of its grid with the first seed
 (``role: trial``); the best one on the validation metric is that seed's result, and the other
@@ -39,7 +40,7 @@ from recbole_mm.errors import RecBoleMMError
 # Keys that locate files on one machine: never part of a cell's identity.
 MACHINE_KEYS = ("data_path", "checkpoint_dir", "mm_feature_path", "graph_cache_dir", "dataset_save_path",
                 "dataloaders_save_path")
-ENTRY_KEYS = {"model", "config", "baseline", "search", "tune_from", "table", "datasets", "note"}
+ENTRY_KEYS = {"model", "config", "baseline", "search", "tune_from", "table", "datasets", "note", "result_split"}
 GRID_KEYS = {"description", "protocol", "seeds", "datasets", "entries", "threads"}
 
 
@@ -60,6 +61,7 @@ class Entry:
     table: str = "main"
     datasets: list = None  # None = every dataset of the grid
     note: str = ""
+    result_split: str = "test"  # valid: report the selection split (a protocol that selects on its test part)
 
     def search_grid(self):
         """Every configuration of the search space, in file order (last key varies fastest)."""
@@ -161,7 +163,14 @@ def _parse_entry(name, spec, where):
     _expect(datasets is None or isinstance(datasets, list), f"{where}: 'datasets' of entry '{name}' must be a list.")
     return Entry(name=str(name), model=str(spec.get("model") or name), config=config,
                  baseline=bool(spec.get("baseline", False)), search=search, tune_from=spec.get("tune_from"),
-                 table=str(spec.get("table") or "main"), datasets=datasets, note=str(spec.get("note") or ""))
+                 table=str(spec.get("table") or "main"), datasets=datasets, note=str(spec.get("note") or ""),
+                 result_split=_result_split(spec.get("result_split"), name, where))
+
+
+def _result_split(value, name, where):
+    value = value or "test"
+    _expect(value in ("test", "valid"), f"{where}: 'result_split' of entry '{name}' must be test or valid, got {value!r}.")
+    return value
 
 
 def load_grid(path):

@@ -54,6 +54,8 @@ def selected_runs(rows, grid):
             runs = [r for r in members if r["role"] == "final"]
             params = runs[0]["params"] if runs else {}
         runs = [r for r in runs if r["seed"] in grid.seeds]
+        if entry.result_split == "valid":  # the protocol's selection split is its test part
+            runs = [{**r, "test": r["valid"], "ranks": [], "split": None} for r in runs]
         runs.sort(key=lambda r: grid.seeds.index(r["seed"]))
         if runs:
             selected[(entry_name, dataset)] = {"runs": runs, "params": params, "trials": len(trials)}
@@ -105,7 +107,7 @@ def summarize(selected, store, grid, dataset, entries, metrics=METRICS, primary=
 
 def _paired_user_values(row_a, row_b, store, metric):
     """Per-user values of two runs on the same test users (matched by user token)."""
-    if row_a["seed"] != row_b["seed"]:
+    if row_a["seed"] != row_b["seed"] or not row_a["split"] or not row_b["split"]:
         return None
     split_a, split_b = store.get_split(row_a["split"]), store.get_split(row_b["split"])
     index_b = {user: i for i, user in enumerate(split_b["user"])}
@@ -119,6 +121,8 @@ def _paired_user_values(row_a, row_b, store, metric):
 
 def subset_metric(row, store, metric, keep):
     """``metric`` over the test users whose (target train count) passes ``keep``; (value, n)."""
+    if not row["split"]:
+        return math.nan, 0
     split = store.get_split(row["split"])
     mask = np.array([keep(c) for c in split["train_count"]], dtype=bool)
     if not mask.any():
@@ -271,10 +275,21 @@ def curve_figure(table, dataset, path, metric_name):
 
 
 # ------------------------------------------------------------------ the page
-def build_report(grid, store, out_md, figure_dir=None, title="Results", intro="", claims=None, primary="ndcg@20"):
+def table_metrics(selected):
+    """The metric columns the rows have: hit, ndcg, mrr (then others), each by cut-off."""
+    keys = set()
+    for chosen in selected.values():
+        keys.update(k for k in chosen["runs"][0]["test"] if "@" in k)
+    order = {"hit": 0, "ndcg": 1, "mrr": 2}
+    return sorted(keys, key=lambda k: (order.get(k.split("@")[0], 9), k.split("@")[0], int(k.split("@")[1])))
+
+
+def build_report(grid, store, out_md, figure_dir=None, title="Results", intro="", claims=None, primary=None):
     """Write the results page (and figures, LaTeX) for ``grid`` from ``store``; returns the text."""
     rows = store.rows()
     selected = selected_runs(rows, grid)
+    primary = (primary or protocol_facts(grid).get("valid_metric", "NDCG@20")).lower()
+    metrics = table_metrics(selected) or list(METRICS)
     tables_by_name = {}
     for entry in grid.entries.values():
         names = tables_by_name.setdefault(entry.table, [])
@@ -290,12 +305,13 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
     for table_name, names in tables_by_name.items():
         parts += [f"## {'Leaderboard' if table_name == 'main' else table_name}", ""]
         for dataset in grid.datasets:
-            table, best_baseline = summarize(selected, store, grid, dataset, names, primary=primary)
+            table, best_baseline = summarize(selected, store, grid, dataset, names, metrics=metrics, primary=primary)
             if not table:
                 continue
             if table_name == "main":
                 main[dataset] = (table, best_baseline)
-            parts += [f"### {dataset}", "", results_table(table, best_baseline, primary=primary, grid=grid), ""]
+            parts += [f"### {dataset}", "", results_table(table, best_baseline, metrics=metrics, primary=primary,
+                                                          grid=grid), ""]
     if main:
         parts += cold_section(main, store)
         parts += chosen_section(grid, selected)
@@ -312,7 +328,7 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
             curve_figure(table, dataset, os.path.join(figure_dir, name), metric_name)
             parts += [f"![validation curves on {dataset}]({rel}/{name})", ""]
         with open(os.path.join(figure_dir, "leaderboard.tex"), "w", encoding="utf-8") as handle:
-            handle.write(latex_table(main))
+            handle.write(latex_table(main, metrics))
         parts += [f"LaTeX: [`leaderboard.tex`]({rel}/leaderboard.tex).", ""]
     text = "\n".join(parts).rstrip() + "\n"
     with open(out_md, "w", encoding="utf-8") as handle:
