@@ -111,14 +111,17 @@ def test_tuned_on_reuses_the_choice_of_another_dataset(tmp_path):
     path, data = write_grid(tmp_path, {"SASRec": {"search": {"learning_rate": [0.1, 0.2]}}}, seeds=[1, 2])
     spec = yaml.safe_load(open(path))
     spec["datasets"]["tiny2"] = {"tuned_on": "tiny"}
+    spec["datasets"]["tiny3"] = {"tuned_on": "tiny", "seeds": [5], "epochs": 9}
     open(path, "w").write(yaml.safe_dump(spec))
     grid = load_grid(path)
     trials, _, _, _ = expand(grid, {}, set(), {})
     assert {c.dataset for c in trials} == {"tiny"}
     finished = {c.key: _row(c, s) for c, s in zip(trials, [0.3, 0.1])}
     ready = expand(grid, finished, set(), {})[0]
-    assert sorted((c.dataset, c.seed) for c in ready) == [("tiny", 2), ("tiny2", 1), ("tiny2", 2)]
+    assert sorted((c.dataset, c.seed) for c in ready) == [("tiny", 2), ("tiny2", 1), ("tiny2", 2), ("tiny3", 5)]
     assert all(c.params == {"learning_rate": 0.1} for c in ready)
+    assert [c.config_dict["epochs"] for c in ready if c.dataset == "tiny3"] == [9]
+    assert "tuned_on" not in grid.datasets["tiny3"] and "seeds" not in grid.datasets["tiny3"]
     assert set(restrict(load_grid(path), datasets=["tiny2"]).datasets) == {"tiny", "tiny2"}
 
 

@@ -7,6 +7,7 @@ A grid file (yaml; ``properties/benchmark/leaderboard.yaml`` is the project's le
     datasets:                          # name: config keys for that dataset only
       scientific: {}
       ml-100k: {tuned_on: scientific}  # reuse scientific's choices instead of searching here
+      babyscale: {tuned_on: scientific, seeds: [2020], epochs: 10}   # its own seeds; a fixed budget
     entries:                           # one table row each, in this order
       SASRec:
         baseline: true
@@ -90,6 +91,10 @@ class Grid:
     path: str = None
     threads: int = 1
     tuned_on: dict = field(default_factory=dict)  # {dataset: dataset whose tuning choices it reuses}
+    dataset_seeds: dict = field(default_factory=dict)  # {dataset: seeds} where a dataset has its own
+
+    def seeds_for(self, dataset):
+        return self.dataset_seeds.get(dataset, self.seeds)
 
     def entries_for(self, dataset):
         return [e for e in self.entries.values() if e.datasets is None or dataset in e.datasets]
@@ -208,13 +213,17 @@ def load_grid(path):
                     f"'{entry.tune_from}', which is not an entry with a search space.")
     datasets = {str(k): dict(v or {}) for k, v in datasets.items()}
     tuned_on = {name: keys.pop("tuned_on") for name, keys in datasets.items() if "tuned_on" in keys}
+    dataset_seeds = {name: keys.pop("seeds") for name, keys in datasets.items() if "seeds" in keys}
+    for name, own in dataset_seeds.items():
+        _expect(isinstance(own, list) and own and all(isinstance(s, int) for s in own),
+                f"grid file {path}: 'seeds' of dataset '{name}' must be a list of integers.")
     for name, source in tuned_on.items():
         _expect(source in datasets and source not in tuned_on and list(datasets).index(source) < list(datasets).index(name),
                 f"grid file {path}: dataset '{name}' is tuned on '{source}', which must be a dataset listed before it "
                 "that does its own search.")
     return Grid(protocol_files=protocol_files, seeds=seeds, datasets=datasets, entries=entries,
                 description=str(spec.get("description") or ""), path=os.path.abspath(path),
-                threads=int(spec.get("threads") or 1), tuned_on=tuned_on)
+                threads=int(spec.get("threads") or 1), tuned_on=tuned_on, dataset_seeds=dataset_seeds)
 
 
 def grid_from_models(models, datasets, seeds, config_files):
@@ -242,6 +251,7 @@ def restrict(grid, entries=None, datasets=None, seeds=None):
         grid.datasets = {k: v for k, v in grid.datasets.items() if k in keep}
     if seeds:
         grid.seeds = list(seeds)
+        grid.dataset_seeds = {}
     return grid
 
 

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import yaml
 
+from recbole_mm.benchmark.grid import MACHINE_KEYS
 from recbole_mm.benchmark.metrics import mean_sd, paired_t_p, per_user, wilcoxon_p
 
 METRICS = ("hit@10", "hit@20", "ndcg@10", "ndcg@20", "mrr@20")
@@ -53,10 +54,11 @@ def selected_runs(rows, grid):
         else:
             runs = [r for r in members if r["role"] == "final"]
             params = runs[0]["params"] if runs else {}
-        runs = [r for r in runs if r["seed"] in grid.seeds]
+        seeds = grid.seeds_for(dataset)
+        runs = [r for r in runs if r["seed"] in seeds]
         if entry.result_split == "valid":  # the protocol's selection split is its test part
             runs = [{**r, "test": r["valid"], "ranks": [], "split": None} for r in runs]
-        runs.sort(key=lambda r: grid.seeds.index(r["seed"]))
+        runs.sort(key=lambda r: seeds.index(r["seed"]))
         if runs:
             selected[(entry_name, dataset)] = {"runs": runs, "params": params, "trials": len(trials)}
     return selected
@@ -228,6 +230,14 @@ def protocol_paragraph(grid, selected):
         "- **Significance** against the best baseline (◆) on the primary metric: *p seeds* = paired t-test over "
         "seeds; *p users* = Wilcoxon signed-rank test over the test users of the first seed.",
     ]
+    for name, keys in grid.datasets.items():
+        own = [f"{k}={v}" for k, v in keys.items() if k not in MACHINE_KEYS]
+        if name in grid.dataset_seeds:
+            own.append(f"seeds {', '.join(map(str, grid.dataset_seeds[name]))}")
+        if name in grid.tuned_on:
+            own.append(f"values chosen on {grid.tuned_on[name]} (no search of its own)")
+        if own:
+            lines.append(f"- **{name}**: " + "; ".join(own) + ".")
     return "\n".join(lines)
 
 

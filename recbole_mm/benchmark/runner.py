@@ -32,8 +32,8 @@ def expand(grid, finished, failed, machine):
     this run. Returns ``(ready, waiting, total, choices)``: cells that can run now, the number
     waiting for a tuning choice, the grid's total, and ``{(entry, dataset): tuned params}``."""
     ready, waiting, total, choices = [], 0, 0, {}
-    seeds = grid.seeds
     for dataset in grid.datasets:
+        seeds = grid.seeds_for(dataset)
         entries = grid.entries_for(dataset)
         source = grid.tuned_on.get(dataset)
         for entry in [e for e in entries if e.search and source is not None]:
