@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recbole_mm.errors import DatasetError
 
-class FeatureFileError(ValueError):
+
+class FeatureFileError(DatasetError):
     """A feature file that cannot be used; the message names the file and the fix."""
 
 

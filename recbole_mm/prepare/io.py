@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 
+from recbole_mm.errors import RecBoleMMError
 from recbole_mm.utils import atomic_write as _atomic_write
 
 
-
-class PrepareError(ValueError):
+class PrepareError(RecBoleMMError, ValueError):
     """Bad input for a converter; the message names the file and the fix."""
 
 
