@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import ml100k_config
-from recbole_mm import distributed
+from recbole_mm import distributed, launcher
 from recbole_mm.distributed import DistributedError
 from recbole_mm.quick_start import run_recbole_mm
 from recbole_mm.trainer import load_checkpoint
@@ -66,12 +66,12 @@ def test_torchrun_environment_maps_to_recbole_keys():
 
 def test_run_distributed_rejects_bad_requests(monkeypatch):
     with pytest.raises(DistributedError, match="nproc must be a positive integer"):
-        distributed.run_distributed("SASRec", "ml-100k", nproc=0)
+        launcher.run_distributed("SASRec", "ml-100k", nproc=0)
     for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost",
                         "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(DistributedError, match="already started by torchrun"):
-        distributed.run_distributed("SASRec", "ml-100k", nproc=2)
+        launcher.run_distributed("SASRec", "ml-100k", nproc=2)
 
 
 class _GraphModel(torch.nn.Module):
@@ -116,7 +116,7 @@ def test_torchrun_environment_runs_ddp_in_process(tmp_path, in_tmp, monkeypatch,
 
 
 def test_two_process_gloo_matches_one_process(tmp_path, in_tmp, single_process):
-    result = distributed.run_distributed("SASRec", "ml-100k", nproc=2,
+    result = launcher.run_distributed("SASRec", "ml-100k", nproc=2,
                                          config_dict=ml100k_config(tmp_path, **DETERMINISTIC))
     assert result is not None
     assert_close(result, single_process, tolerance=TOLERANCE)
