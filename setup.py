@@ -26,6 +26,8 @@ EXTRAS = {
     "tune": ["ray[tune]==2.6.3", "hyperopt==0.2.5"],
     "vision": ["transformers>=4.40", "pillow"],
     "test": ["pytest>=7"],
+    # log_wandb: true (RecBole's Weights & Biases logger); checked before a run starts
+    "wandb": ["wandb"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # The CPU build checked on the project's machines; GPU users install their own torch>=2.6 instead.

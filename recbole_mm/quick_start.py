@@ -192,6 +192,9 @@ def load_data_and_model(model_file):
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
         raise UserPathError(f"cannot read checkpoint {model_file} ({type(err).__name__}: {err}). "
                             "Fix: pass a checkpoint written by recbole_mm or RecBole.") from None
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+        raise UserPathError(f"{model_file} is not a model checkpoint (a -last.pth file only serves --resume). "
+                            "Fix: pass the checkpoint path the run printed.")
     config = checkpoint["config"]
     # RecBole sets numpy aliases (np.float, ...) its metrics need in Config.__init__, which an
     # unpickled config never ran.

@@ -199,6 +199,7 @@ def run_search(model, dataset, params_file, config_file_list=None, config_dict=N
         "hyper_results", f"{model}-{dataset}-{tool}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     output_dir = os.path.splitext(os.path.abspath(output_file))[0]
     setup, config = prepare_setup(model, dataset, config_file_list, config_dict, output_dir=output_dir)
+    config.check_keys([p.name for p in params], where=params_file)  # a misspelt name would vary nothing
     bigger = bool(config["valid_metric_bigger"])
     seed = config["seed"]
     if tool == "hyperopt":

@@ -152,3 +152,37 @@ def read_sealed(path, fingerprint=None):
     if hashlib.sha256(payload).hexdigest() != fields[2].decode(errors="replace").removeprefix("sha256="):
         raise SealBroken("checksum mismatch (the file is truncated or corrupted)")
     return payload
+
+
+# --------------------------------------------------------------------------- file checksums
+_SHA256_MEMO = {}
+
+
+def file_sha256(path, chunk=1 << 20):
+    """Hex SHA-256 of a file's bytes, remembered per (path, size, mtime) within the process."""
+    import hashlib
+
+    stat = os.stat(path)
+    memo_key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if memo_key not in _SHA256_MEMO:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(chunk), b""):
+                digest.update(block)
+        _SHA256_MEMO[memo_key] = digest.hexdigest()
+    return _SHA256_MEMO[memo_key]
+
+
+def output_checksums(folder, names):
+    """``{name: sha256}`` of the files ``names`` in ``folder`` (what a manifest records)."""
+    return {name: file_sha256(os.path.join(folder, name)) for name in names}
+
+
+def damaged_outputs(folder, checksums):
+    """Names in ``checksums`` whose file in ``folder`` is missing or no longer has that checksum."""
+    damaged = []
+    for name, expected in (checksums or {}).items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path) or file_sha256(path) != expected:
+            damaged.append(name)
+    return damaged

@@ -109,8 +109,8 @@ def test_torchrun_environment_runs_ddp_in_process(tmp_path, in_tmp, monkeypatch,
         monkeypatch.setenv(name, value)
     result = run_recbole_mm(model="SASRec", dataset="ml-100k", config_dict=ml100k_config(tmp_path, **DETERMINISTIC))
     assert not dist.is_initialized()  # the group is torn down after the run
-    (checkpoint,) = os.listdir(tmp_path / "saved")
-    config = load_checkpoint(str(tmp_path / "saved" / checkpoint))["config"]
+    assert os.path.dirname(result["checkpoint"]) == str(tmp_path / "saved")
+    config = load_checkpoint(result["checkpoint"])["config"]
     assert config["single_spec"] is False and config["dist_backend"] == "gloo" and config["world_size"] == 1
     assert_close(result, single_process, tolerance=1e-4)  # one rank, no padding: same numbers
 
@@ -120,4 +120,6 @@ def test_two_process_gloo_matches_one_process(tmp_path, in_tmp, single_process):
                                          config_dict=ml100k_config(tmp_path, **DETERMINISTIC))
     assert result is not None
     assert_close(result, single_process, tolerance=TOLERANCE)
-    assert len(os.listdir(tmp_path / "saved")) == 1  # rank 0 wrote the one checkpoint both ranks read
+    # rank 0 wrote the one checkpoint both ranks read (and its resumable state)
+    checkpoint = os.path.basename(result["checkpoint"])
+    assert sorted(os.listdir(tmp_path / "saved")) == sorted([checkpoint, checkpoint.replace(".pth", "-last.pth")])

@@ -269,8 +269,9 @@ def test_default_dataset_end_to_end_with_checkpoint(tmp_path, in_tmp):
                                 train_batch_size=512, user_inter_num_interval="[20,24]")
     result = run_recbole_mm("SASRec", "ml-100k", config_dict=config_dict, saved=True)  # torch>=2.6 load path
     assert set(result["test_result"]) == {f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in (10, 20)}
-    checkpoint = next((tmp_path / "saved").glob("SASRec-*.pth"))
-    config, model, dataset, *_ = load_data_and_model(str(checkpoint))
+    checkpoint = result["checkpoint"]
+    assert os.path.dirname(checkpoint) == str(tmp_path / "saved") and os.path.isfile(checkpoint)
+    config, model, dataset, *_ = load_data_and_model(checkpoint)
     assert isinstance(dataset, MultimodalSequentialDataset) and dataset.modalities == ["text", "genre"]
     assert dataset.item_features["text"].shape == (dataset.item_num, 384)
     assert dataset.item_features["genre"].shape == (dataset.item_num, 19)

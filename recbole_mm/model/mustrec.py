@@ -417,6 +417,12 @@ class MuSTRecTrainer(MMTrainer):
         self._reset_early_stopping()
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
+    def resume_checkpoint(self, resume_file):
+        if self.model.pretrain_graph:  # two fits in one run: a saved epoch does not say which stage
+            raise ConfigError("resume is not supported for MuSTRec-S (pretrain_graph: true). Fix: rerun, "
+                              "reusing a finished graph stage with pretrained_graph_path.")
+        return super().resume_checkpoint(resume_file)
+
     def _reset_early_stopping(self):
         self.start_epoch, self.cur_step = 0, 0
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
