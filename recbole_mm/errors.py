@@ -50,7 +50,8 @@ def report(error, stream=None):
 
 def run_entry_point(work, *args, **kwargs):
     """Call ``work(*args, **kwargs)``; a :class:`RecBoleMMError` becomes one ``error:`` line and
-    exit code 2. Returns ``work``'s return value (``None`` counts as 0) otherwise. For scripts::
+    exit code 2. Otherwise returns ``work``'s return value when it is an exit code (an int), else 0.
+    For scripts (benchmark runners included)::
 
         sys.exit(run_entry_point(main))
     """
@@ -58,4 +59,4 @@ def run_entry_point(work, *args, **kwargs):
         result = work(*args, **kwargs)
     except RecBoleMMError as err:
         return report(err)
-    return 0 if result is None else result
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -51,13 +51,22 @@ def best_checkpoint_path(state_file):
     return state_file[:-len(LAST_SUFFIX)] + ".pth"
 
 
+_GENERATORS = (torch.Generator, np.random.Generator)
+
+
 def _model_generators(model):
-    """Random generators a model holds as attributes (its own samplers), by dotted name."""
+    """Random generators a model holds (its own samplers), by dotted name: attributes of its
+    modules, and attributes of plain helper objects those hold (e.g. MuSTRec's edge pruner)."""
     found = {}
     for prefix, module in model.named_modules():
         for name, value in vars(module).items():
-            if isinstance(value, (torch.Generator, np.random.Generator)):
-                found[f"{prefix}.{name}" if prefix else name] = value
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, _GENERATORS):
+                found[path] = value
+            elif not isinstance(value, (torch.nn.Module, torch.Tensor)) and hasattr(value, "__dict__"):
+                for inner, held in vars(value).items():
+                    if isinstance(held, _GENERATORS):
+                        found[f"{path}.{inner}"] = held
     return found
 
 

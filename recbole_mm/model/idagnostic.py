@@ -69,21 +69,21 @@ class IDAgnosticMMSR(SequentialRecommender):
                           cache_dtype=config["cache_dtype"])
         self.text_tower = self.vision_tower = self.fusion = None
         if self.modality in ("both", "text"):
+            texts = load_item_texts(config, dataset)  # before the encoder: a missing file fails fast
             model, local_dir = load_hf_encoder(config["text_encoder_path"], config["text_encoder_config"],
                                                config["allow_random_init"], "text_encoder_path")
             self.tokenizer = self._tokenizer(model, local_dir)
-            ids, mask = tokenize_texts(load_item_texts(config, dataset), self.tokenizer,
-                                       self.text_max_len, self.text_lowercase)
+            ids, mask = tokenize_texts(texts, self.tokenizer, self.text_max_len, self.text_lowercase)
             self.text_tower = TextTower(model, ids, mask, n_finetune=config["n_finetune_blocks_text"],
                                         block_path=config["text_block_path"], **tower_args)
             self.text_proj = TokenProjection(model.config.hidden_size, d)
         if self.modality in ("both", "image"):
+            image_paths = load_item_image_paths(config, dataset)
             model, local_dir = load_hf_encoder(config["vision_encoder_path"], config["vision_encoder_config"],
                                                config["allow_random_init"], "vision_encoder_path")
             size = getattr(model.config, "image_size", None) or config["image_size"]
             size = size[0] if isinstance(size, (list, tuple)) else size
-            store = ImageStore(load_item_image_paths(config, dataset), size,
-                               cache_dir=config["image_cache_dir"])
+            store = ImageStore(image_paths, size, cache_dir=config["image_cache_dir"])
             self.vision_tower = VisionTower(
                 model, store, config["image_norm"], local_dir, config["mae_mask_ratio"],
                 config["mae_eval_mask"], n_finetune=config["n_finetune_blocks_vision"],
