@@ -379,6 +379,13 @@ def test_ml100k_feature_cache_is_reused_and_rebuilt_on_change(tmp_path, monkeypa
         handle.write("1683\tNew Movie\t1998\tDrama\n")
     default.build_ml100k_features({"data_path": str(source)}, str(out))
     assert calls == [1682, 1683] and np.load(out / "text_feat.npy").shape == (1683, 384)
+    genre_file = out / "genre_feat.npy"
+    damaged = bytearray(genre_file.read_bytes())
+    damaged[-3] ^= 0x40  # flipped bytes in a value: still a readable .npy, but never used
+    genre_file.write_bytes(bytes(damaged))
+    with pytest.warns(UserWarning, match="genre_feat.npy failed the checksum"):
+        default.build_ml100k_features({"data_path": str(source)}, str(out))
+    assert calls == [1682, 1683, 1683] and set(np.unique(np.load(genre_file))) <= {0.0, 1.0}
 
 
 def test_model_lookup_leaves_anomaly_detection_off():
