@@ -6,7 +6,7 @@ import shlex
 import sys
 import warnings
 
-from recbole_mm.errors import ConfigError, RecBoleMMError, report
+from recbole_mm.errors import ConfigError, report, run_entry_point
 
 # Known, harmless warnings of the pinned stack (RecBole 1.2.1 on pandas 2.x / torch 2.13 / ray 2.6)
 # that would bury our own messages. Set by the command-line entry points only, never on import:
@@ -88,11 +88,7 @@ def run_cli(args, default_model, extra=()):
     """The runner's work after argument parsing (``extra``: the arguments argparse left, config
     values ``--key=value``); returns the exit code."""
     silence_known_warnings()
-    try:
-        check_config_arguments(extra)
-        return _run(args, default_model)
-    except RecBoleMMError as err:
-        return fail(err)
+    return run_entry_point(_run, args, default_model, extra)
 
 
 def check_config_arguments(extra):
@@ -103,7 +99,8 @@ def check_config_arguments(extra):
                               "(e.g. --epochs=5).")
 
 
-def _run(args, default_model):
+def _run(args, default_model, extra):
+    check_config_arguments(extra)
     model = args.model or _default_model(default_model)
     config_files = config_file_list(args.config_files)
     if args.model is None:  # the main job: a small budget on top of the model's defaults
