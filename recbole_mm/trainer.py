@@ -9,8 +9,9 @@
   training state goes to ``<checkpoint>-last.pth``: model, optimizer, next epoch, early-stopping
   counters, best validation result and every random state (Python, numpy, torch, CUDA, the training
   loader's shuffling generator, generators held by the model). ``resume_checkpoint(PATH)`` (config
-  key ``resume``, ``--resume=PATH``) loads it and the run continues exactly as if never stopped; a
-  plain RecBole checkpoint resumes the RecBole way (weights, optimizer and epoch only).
+  key ``resume``, ``--resume=PATH``) loads it and the run continues exactly as if never stopped (in
+  one process; under DDP every rank restores rank 0's random state); a plain RecBole checkpoint
+  resumes the RecBole way (weights, optimizer and epoch only).
 * ``mask_history_items: true`` removes every item the user interacted with before the target
   (the target itself stays rankable) from full-sort evaluation; RecBole masks nothing but PAD
   for sequential models, which stays the default.
@@ -190,6 +191,10 @@ class SafeLoadMixin:
 
     # ------------------------------------------------------------ training
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        extra = {"callback_fn": callback_fn} if callback_fn is not None else {}
+        if not isinstance(self, Trainer):  # RecBole's non-gradient trainers: their own loop, nothing to resume
+            return super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+                               **extra)
         self._train_data = train_data
         self._keep_last_state = (saved and isinstance(self, Trainer) and self._writes_files()
                                  and self.config["save_last_state"] is not False)
@@ -198,7 +203,6 @@ class SafeLoadMixin:
             # the saved run had finished (early stop, or no epoch left): nothing to train, and
             # RecBole's fit would overwrite the best checkpoint with the last weights
             return self.best_valid_score, self.best_valid_result
-        extra = {"callback_fn": callback_fn} if callback_fn is not None else {}
         result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
                              **extra)
         if self._keep_last_state and self._last_started_epoch is not None:
