@@ -7,9 +7,11 @@
 
 Trials are ranked on the validation metric (``valid_metric``); test metrics are only reported.
 Every other ``--key=value`` is a fixed config value for all trials (as in run_recbole_mm.py),
-``--config_files="a.yaml b.yaml"`` adds yaml files. Results go to ``--output_file`` (JSON, default
-``hyper_results/<model>-<dataset>-<tool>-<time>.json``) and a Markdown table next to it (``.md``),
-which is also printed. Exit code 2 on a bad search space or config, 1 when every trial failed.
+``--config_files="a.yaml b.yaml"`` adds yaml files (or repeat the flag). Every key, fixed or
+searched, must be a known config key: a misspelt one stops the search before the first trial.
+Results go to ``--output_file`` (JSON, default ``hyper_results/<model>-<dataset>-<tool>-<time>.json``)
+and a Markdown table next to it (``.md``), which is also printed. Exit code 2 on a bad search
+space or config, 1 when every trial failed.
 """
 import argparse
 import sys
@@ -36,7 +38,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default="SASRec", help="model name (ours or RecBole's; default SASRec)")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default ml-100k)")
-    parser.add_argument("--config_files", default=None, help="space-separated yaml files fixed for every trial")
+    parser.add_argument("--config_files", action="append", default=None,
+                        help="yaml files fixed for every trial: space-separated, a yaml list, or the flag repeated")
     parser.add_argument("--params_file", required=True, help="search space in RecBole's .hyper format")
     parser.add_argument("--tool", default="hyperopt", type=str.lower, choices=["hyperopt", "ray"])
     parser.add_argument("--algo", default="tpe", type=str.lower,
@@ -56,16 +59,18 @@ def main(argv=None):
     if unknown:
         parser.error(f"unrecognised arguments {unknown}; config values are passed as --key=value")
 
-    from recbole_mm.cli import fail, user_errors
-    from recbole_mm.tuning import AllTrialsFailed, SearchSpaceError, TuningError, format_table, run_search
+    from recbole_mm.cli import config_file_list, fail, silence_known_warnings
+    from recbole_mm.errors import RecBoleMMError
+    from recbole_mm.tuning import AllTrialsFailed, format_table, run_search
 
+    silence_known_warnings()
     try:
         summary = run_search(args.model, args.dataset, args.params_file,
-                             config_file_list=args.config_files.split() if args.config_files else None,
+                             config_file_list=config_file_list(args.config_files),
                              config_dict=fixed, tool=args.tool, algo=args.algo, max_evals=args.max_evals,
                              output_file=args.output_file, ray_address=args.ray_address,
                              max_concurrent=args.max_concurrent, early_stop=args.early_stop, verbose=args.verbose)
-    except (SearchSpaceError, TuningError) + user_errors() as err:
+    except RecBoleMMError as err:
         return fail(err)
     except AllTrialsFailed as err:
         print(f"error: {err}", file=sys.stderr)

@@ -26,6 +26,8 @@ EXTRAS = {
     "vision": ["transformers>=4.40", "pillow"],
     "test": ["pytest>=7"],
     "benchmark": ["matplotlib>=3.7"],  # figures of run_benchmark.py report
+    # log_wandb: true (RecBole's Weights & Biases logger); checked before a run starts
+    "wandb": ["wandb"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # The CPU build checked on the project's machines; GPU users install their own torch>=2.6 instead.

@@ -2,17 +2,12 @@
 
 The public API is imported lazily so that light commands (``python -m recbole_mm.prepare``)
 start without loading RecBole, Ray and every model.
+
+Importing recbole_mm leaves the warning filters alone; the command-line entry points hide the
+known, harmless warnings of the pinned stack (:func:`recbole_mm.cli.silence_known_warnings`).
 """
-import warnings
 
 __version__ = "0.1.0"
-
-# Known, harmless warnings of the pinned stack (RecBole 1.2.1 on pandas 2.x / torch 2.13 / ray 2.6):
-# they would bury our own messages.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
-warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.cuda\.amp\.GradScaler.*")
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(thop|ray|hyperopt|pkg_resources)")
-warnings.filterwarnings("ignore", category=UserWarning, message=r".*pkg_resources is deprecated.*")
 
 _LAZY = {
     "Config": "recbole_mm.config",

@@ -2,7 +2,7 @@
 
 Two ways to start it, both ending in :func:`recbole_mm.quick_start.run_recbole_mm` once per rank:
 
-* ``python run_recbole_mm.py --nproc=2 ...`` (or :func:`run_distributed`): RecBole's own scheme,
+* ``python run_recbole_mm.py --nproc=2 ...`` (or :func:`recbole_mm.launcher.run_distributed`): RecBole's own scheme,
   ``torch.multiprocessing.spawn`` with ``local_rank``/``world_size``/``ip``/``port``/``nproc``/
   ``offset`` in the config dict and a ``tcp://ip:port`` rendezvous;
 * ``torchrun --nproc_per_node=N [--nnodes=M ...] run_recbole_mm.py ...``: torchrun's environment
@@ -28,10 +28,12 @@ import contextlib
 import os
 import socket
 
+from recbole_mm.errors import ConfigError
+
 TORCHRUN_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-class DistributedError(ValueError):
+class DistributedError(ConfigError):
     """A distributed setup that cannot work; the message says the fix."""
 
 
@@ -174,53 +176,3 @@ def free_port(host="localhost"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return str(sock.getsockname()[1])
-
-
-def _worker(local_rank, model, dataset, config_file_list, config_dict, saved, parse_argv, queue):
-    import torch
-
-    from recbole_mm.quick_start import run_recbole_mm
-
-    if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(config_dict["nproc"])))
-    run_recbole_mm(model=model, dataset=dataset, config_file_list=config_file_list,
-                   config_dict={**config_dict, "local_rank": local_rank}, saved=saved, parse_argv=parse_argv,
-                   queue=queue)
-
-
-def run_distributed(model, dataset, config_file_list=None, nproc=2, config_dict=None, saved=True,
-                    parse_argv=False, world_size=-1, ip="localhost", port=None, group_offset=0):
-    """Train and evaluate with ``nproc`` processes on this machine (RecBole's ``run(nproc=...)``).
-
-    ``world_size``/``ip``/``port``/``group_offset`` span several machines the RecBole way (start
-    this on each with its own ``group_offset``); torchrun is the simpler way to do that. Returns
-    rank 0's result dict, like :func:`recbole_mm.quick_start.run_recbole_mm`.
-    """
-    import torch
-    import torch.multiprocessing as mp
-
-    from recbole_mm.config import Config
-    from recbole_mm.quick_start import check_dataset_files
-
-    if not isinstance(nproc, int) or nproc < 1:
-        raise DistributedError(f"nproc must be a positive integer, got {nproc!r}.")
-    if launched_by_torchrun():
-        raise DistributedError("already started by torchrun, which starts the processes itself. "
-                               "Fix: drop --nproc, or run without torchrun.")
-    # Fail here, once, on a bad config or missing data rather than in every child.
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
-                    config_dict=config_dict, parse_argv=parse_argv)
-    check_dataset_files(config)
-    use_cuda = config["device"].type == "cuda"
-    choose_backend(config["dist_backend"], use_cuda)
-    if use_cuda and torch.cuda.device_count() < nproc:
-        raise DistributedError(f"nccl needs one GPU per process: nproc={nproc} but {torch.cuda.device_count()} "
-                               "GPU(s) are visible. Fix: gpu_id naming one GPU per process (e.g. '0,1'), fewer processes, "
-                               "or use_gpu: False (gloo on CPU).")
-    world_size = nproc if world_size is None or world_size <= 0 else world_size
-    spawn_config = {**(config_dict or {}), "world_size": world_size, "ip": ip, "port": port or free_port(ip),
-                    "nproc": nproc, "offset": group_offset}
-    queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_worker, args=(model, dataset, config_file_list, spawn_config, saved, parse_argv, queue),
-             nprocs=nproc, join=True)
-    return None if queue.empty() else queue.get()

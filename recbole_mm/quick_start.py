@@ -10,15 +10,17 @@ import numpy as np
 import torch
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
-from recbole.utils import ModelType, get_environment, init_logger, init_seed, set_color
+from recbole.utils import EvaluatorType, ModelType, get_environment, init_seed, set_color
 
 from recbole_mm import registry
 from recbole_mm.config import Config
-from recbole_mm.data.dataset import MultimodalSequentialDataset
+from recbole_mm.data.dataset import MultimodalSequentialDataset, dataset_fingerprint, saved_dataset_path
+from recbole_mm.errors import DatasetError, UserPathError
 from recbole_mm.trainer import load_checkpoint
+from recbole_mm.utils import SealBroken, SealStale, init_logger, read_sealed
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The named dataset's files are absent; the message says what to put where."""
 
 
@@ -55,39 +57,44 @@ def create_dataset(config):
     check_dataset_files(config)
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         return recbole_create_dataset(config)
-    cached = _load_saved_dataset(config)
-    if cached is not None:
-        return cached
-    dataset = MultimodalSequentialDataset(config)
-    if config["save_dataset"]:
-        dataset.save()
+    dataset = _load_saved_dataset(config)
+    if dataset is None:
+        dataset = MultimodalSequentialDataset(config)
+        if config["save_dataset"]:
+            dataset.save()
     return dataset
 
 
+def check_ranking_fits(config, dataset):
+    """Full ranking keeps the top ``max(topk)`` of the dataset's items (torch.topk fails beyond)."""
+    if config["eval_type"] != EvaluatorType.RANKING or "full" not in config["eval_args"]["mode"].values():
+        return
+    n_items, largest = dataset.item_num - 1, max(config["topk"])
+    if largest > n_items:
+        raise DatasetError(f"dataset '{config['dataset']}' has {n_items} items after filtering, but config key "
+                           f"'topk' asks for the top {largest}. Fix: topk values of at most {n_items}, or a larger "
+                           "dataset (check user_inter_num_interval / item_inter_num_interval).")
+
+
 def _load_saved_dataset(config):
-    """RecBole's filtered-dataset cache (``save_dataset`` / ``dataset_save_path``), also
-    invalidated when a feature file changed on disk (size or mtime) since it was saved."""
-    from recbole.utils.argument_list import dataset_arguments
-
-    from recbole_mm.data.features import configured_feature_specs, features_fingerprint
-
-    default_file = os.path.join(config["checkpoint_dir"], f"{config['dataset']}-MultimodalSequentialDataset.pth")
-    path = config["dataset_save_path"] or default_file
+    """RecBole's filtered-dataset cache (``save_dataset`` / ``dataset_save_path``), used only when its
+    seal holds: checksum intact and built from the same arguments, atomic files and feature files
+    (:func:`recbole_mm.data.dataset.dataset_fingerprint`). Anything else is rebuilt."""
+    path = config["dataset_save_path"] or saved_dataset_path(config)
     if not os.path.isfile(path):
         return None
-    with open(path, "rb") as handle:
-        dataset = pickle.load(handle)
-    if not isinstance(dataset, MultimodalSequentialDataset):
-        return None
-    if any(config[arg] != dataset.config[arg] for arg in dataset_arguments + ["seed", "repeatable"]):
-        return None
     try:
-        specs = configured_feature_specs(config)
-        current = features_fingerprint(specs) if specs else "no-features"
-    except (OSError, ValueError):
+        dataset = pickle.loads(read_sealed(path, dataset_fingerprint(config)))
+    except SealStale:
+        getLogger().info(f"saved dataset {path} was built from other data or settings: rebuilding it")
         return None
-    if current != dataset._features_fingerprint:
-        getLogger().warning(f"feature files changed since {path} was saved: rebuilding the dataset")
+    except (SealBroken, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+        getLogger().warning(f"saved dataset {path} failed its check ({err}): rebuilding it")
+        return None
+    except (OSError, ValueError) as err:  # feature declaration or files unreadable: the build reports it
+        getLogger().info(f"saved dataset {path} not used ({err})")
+        return None
+    if not isinstance(dataset, MultimodalSequentialDataset):
         return None
     getLogger().info(f"Load filtered dataset from: [{path}]")
     return dataset
@@ -101,28 +108,37 @@ def _build_model(config, train_data):
 
 def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
                    parse_argv=False, queue=None, record_target_ranks=False):
-    """Train and evaluate one model; returns RecBole's result dict
-    (``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``) plus
-    ``training`` (epochs run, best epoch, whether patience stopped it, every validation result).
+    """Train and evaluate one model; returns RecBole's result dict (``best_valid_score``,
+    ``valid_score_bigger``, ``best_valid_result``, ``test_result``) plus ``checkpoint`` (the
+    best-epoch checkpoint this run wrote; None with ``saved=False``), ``log_file`` and ``training``
+    (epochs run, best epoch, whether patience stopped it, every validation result).
 
+    Config key ``resume`` (``--resume=PATH``) continues a killed run from its last saved epoch.
     ``record_target_ranks=True`` adds ``test_target_ranks``: for every test row the user and
-    target item tokens and the target's rank among all items (after history masking), from
-    which per-user metrics follow (``recbole_mm.benchmark.metrics``)."""
+    target item tokens, the target's rank among all items (after history masking) and how often
+    the target occurs in training, from which per-user metrics follow (``recbole_mm.benchmark.metrics``).
+    """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, parse_argv=parse_argv)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    log_file = init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
 
     dataset = create_dataset(config)
     logger.info(dataset)
+    check_ranking_fits(config, dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = _build_model(config, train_data)
     logger.info(model)
 
     trainer = registry.get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if config["resume"]:
+        trainer.resume_checkpoint(config["resume"])
+    checkpoint = getattr(trainer, "saved_model_file", None) if saved else None
+    if checkpoint:
+        logger.info(f"checkpoint: {checkpoint} (a killed run continues with --resume={checkpoint})")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -139,6 +155,8 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "training": trainer.training_summary(),
+        "checkpoint": checkpoint,
+        "log_file": log_file,
     }
     if record_target_ranks:
         result["test_target_ranks"] = target_rank_table(trainer.target_ranks, dataset, train_data.dataset)
@@ -180,6 +198,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     init_seed(config["seed"], config["reproducibility"])
     logging.basicConfig(level=logging.ERROR)
     dataset = create_dataset(config)
+    check_ranking_fits(config, dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = _build_model(config, train_data)
     trainer = registry.get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
@@ -195,9 +214,24 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
 
 
 def load_data_and_model(model_file):
-    """Load a recbole_mm (or RecBole) checkpoint: (config, model, dataset, train, valid, test)."""
-    checkpoint = load_checkpoint(model_file)
+    """Load a recbole_mm (or RecBole) checkpoint: (config, model, dataset, train, valid, test).
+
+    Works in a fresh process: the model evaluates, predicts and trains on (build a trainer with
+    ``registry.get_trainer(config["MODEL_TYPE"], config["model"])(config, model)``)."""
+    if not os.path.isfile(model_file):
+        raise UserPathError(f"checkpoint not found: {model_file}. Fix: pass the path a training run printed.")
+    try:
+        checkpoint = load_checkpoint(model_file)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise UserPathError(f"cannot read checkpoint {model_file} ({type(err).__name__}: {err}). "
+                            "Fix: pass a checkpoint written by recbole_mm or RecBole.") from None
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+        raise UserPathError(f"{model_file} is not a model checkpoint (a -last.pth file only serves --resume). "
+                            "Fix: pass the checkpoint path the run printed.")
     config = checkpoint["config"]
+    # RecBole sets numpy aliases (np.float, ...) its metrics need in Config.__init__, which an
+    # unpickled config never ran.
+    config.compatibility_settings()
     # a checkpoint written by a distributed run reloads in this single process
     config["single_spec"], config["local_rank"], config["world_size"] = True, 0, 1
     if config["device"] is not None and config["device"].type == "cuda" and not torch.cuda.is_available():

@@ -11,6 +11,8 @@ import pkgutil
 
 from recbole.model.abstract_recommender import AbstractRecommender
 
+from recbole_mm.errors import ConfigError
+
 # RecBole's model packages that work without optional third-party libraries.
 _RECBOLE_MODEL_PACKAGES = [
     "general_recommender",
@@ -26,7 +28,7 @@ MMREC_DATASETS = ("baby", "sports", "clothing", "elec")
 _BROKEN_MODULES = {}
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(ConfigError):
     """An unknown model or dataset name; the message lists what exists."""
 
 

@@ -1,7 +1,17 @@
-"""Trainers: RecBole's Trainer with safe checkpoint loading, history masking and model hooks.
+"""Trainers: RecBole's Trainer with safe checkpoints, resumable runs, history masking and model hooks.
 
 * torch>=2.6 loads with ``weights_only=True`` by default, which rejects RecBole's own
   checkpoints; we load our own files with ``weights_only=False`` (they are trusted: we wrote them).
+* Checkpoint names keep RecBole's ``<model>-<time>`` prefix plus the process id and a random
+  suffix (:func:`recbole_mm.utils.run_stamp`), so runs started in the same second never share a
+  file; every checkpoint is written atomically (temp file + rename).
+* Resumable runs: after every epoch (with ``saved`` and ``save_last_state: true``) the complete
+  training state goes to ``<checkpoint>-last.pth``: model, optimizer, next epoch, early-stopping
+  counters, best validation result and every random state (Python, numpy, torch, CUDA, the training
+  loader's shuffling generator, generators held by the model). ``resume_checkpoint(PATH)`` (config
+  key ``resume``, ``--resume=PATH``) loads it and the run continues exactly as if never stopped (in
+  one process; under DDP every rank restores rank 0's random state); a plain RecBole checkpoint
+  resumes the RecBole way (weights, optimizer and epoch only).
 * ``mask_history_items: true`` removes every item the user interacted with before the target
   (the target itself stays rankable) from full-sort evaluation; RecBole masks nothing but PAD
   for sequential models, which stays the default.
@@ -11,11 +21,22 @@
   validation: epoch, score, metrics), ``epochs_run``, and, when ``target_ranks`` is set to a list
   before a full-sort evaluation, the rank of every evaluated target (see :meth:`training_summary`).
 """
+import os
+import random
+
+import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 from recbole.trainer import Trainer
+from recbole.utils import set_color
 
+from recbole_mm import distributed
 from recbole_mm.data.dataset import TARGET_POSITION_FIELD
+from recbole_mm.errors import ConfigError, UserPathError
+from recbole_mm.utils import atomic_write, run_stamp
+
+RESUME_FORMAT = "recbole_mm-resume-state"
+LAST_SUFFIX = "-last.pth"
 
 
 def load_checkpoint(path, map_location=None):
@@ -23,23 +44,85 @@ def load_checkpoint(path, map_location=None):
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
+def last_state_path(checkpoint_file):
+    """``<stem>-last.pth`` next to the best-epoch checkpoint ``<stem>.pth`` (the resumable state)."""
+    stem = checkpoint_file[:-len(".pth")] if checkpoint_file.endswith(".pth") else checkpoint_file
+    return stem + LAST_SUFFIX
+
+
+def best_checkpoint_path(state_file):
+    """Inverse of :func:`last_state_path`."""
+    return state_file[:-len(LAST_SUFFIX)] + ".pth"
+
+
+_GENERATORS = (torch.Generator, np.random.Generator)
+
+
+def _model_generators(model):
+    """Random generators a model holds (its own samplers), by dotted name: attributes of its
+    modules, and attributes of plain helper objects those hold (e.g. MuSTRec's edge pruner)."""
+    found = {}
+    for prefix, module in model.named_modules():
+        for name, value in vars(module).items():
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, _GENERATORS):
+                found[path] = value
+            elif not isinstance(value, (torch.nn.Module, torch.Tensor)) and hasattr(value, "__dict__"):
+                for inner, held in vars(value).items():
+                    if isinstance(held, _GENERATORS):
+                        found[f"{path}.{inner}"] = held
+    return found
+
+
+def capture_random_state(model, train_data=None):
+    """Every random state a training epoch draws from (see :func:`restore_random_state`)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             "model": {name: (gen.get_state() if isinstance(gen, torch.Generator) else gen.bit_generator.state)
+                       for name, gen in _model_generators(model).items()}}
+    generator = getattr(train_data, "generator", None)
+    state["train_data"] = generator.get_state() if isinstance(generator, torch.Generator) else None
+    return state
+
+
+def restore_random_state(state, model, train_data=None):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generators = _model_generators(model)
+    for name, saved in state.get("model", {}).items():
+        if name in generators:
+            generator = generators[name]
+            if isinstance(generator, torch.Generator):
+                generator.set_state(saved)
+            else:
+                generator.bit_generator.state = saved
+    generator = getattr(train_data, "generator", None)
+    if state.get("train_data") is not None and isinstance(generator, torch.Generator):
+        generator.set_state(state["train_data"])
+
+
 class SafeLoadMixin:
-    """Checkpoint loading that works on torch>=2.6, plus optional history masking."""
+    """RecBole trainer additions: safe and collision-free checkpoints, resumable runs, history masking."""
 
     # distributed: DDP without device_ids on CPU, rank 0's checkpoint name (recbole_mm/distributed.py)
     def __init__(self, config, model):
-        from recbole_mm import distributed
-
         with distributed.defer_ddp(config) as is_distributed:
             super().__init__(config, model)
+        if hasattr(self, "saved_model_file"):
+            self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-{run_stamp()}.pth")
+        self._pending_random_state = None  # set by resume_checkpoint, applied when its epoch starts
+        self._resumed_stopped = False
+        self._keep_last_state = False
+        self._train_data = None
+        self._fit_start_epoch = 0
+        self._last_started_epoch = None
         distributed.setup_trainer(self, is_distributed)
         self.valid_history = []  # one dict per validation: epoch, score and every metric
         self.epochs_run = 0
         self.target_ranks = None  # set to [] to record (user, item, rank) of each full-sort target
-
-    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self.epochs_run = epoch_idx + 1
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
@@ -59,21 +142,114 @@ class SafeLoadMixin:
                 "stopped_by_patience": self.cur_step > self.stopping_step,
                 "valid_history": list(self.valid_history)}
 
-    # distributed: no rank reads the checkpoint before rank 0 has written it
-    def _save_checkpoint(self, *args, **kwargs):
-        from recbole_mm.distributed import barrier
+    # ------------------------------------------------------------ checkpoints
+    def _writes_files(self):
+        return self.config["single_spec"] or self.config["local_rank"] == 0
 
-        result = super()._save_checkpoint(*args, **kwargs)
-        barrier(self.config)
-        return result
+    # distributed: no rank reads the checkpoint before rank 0 has written it
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's best-epoch checkpoint, written atomically (a kill never leaves a torn file)."""
+        if not isinstance(self, Trainer):  # RecBole's non-gradient trainers keep their own format
+            result = super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+            distributed.barrier(self.config)
+            return result
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        if self._writes_files():
+            state = {"config": self.config, "epoch": epoch, "cur_step": self.cur_step,
+                     "best_valid_score": self.best_valid_score, "state_dict": self.model.state_dict(),
+                     "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict()}
+            atomic_write(saved_model_file, lambda handle: torch.save(state, handle, pickle_protocol=4))
+            if verbose:
+                self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+        distributed.barrier(self.config)
+
+    def _save_last_state(self, next_epoch, stopped=False):
+        """The resumable state after ``next_epoch - 1`` epochs (one file, written atomically)."""
+        state = {
+            "format": RESUME_FORMAT, "model": self.config["model"], "dataset": self.config["dataset"],
+            "next_epoch": next_epoch, "stopped": stopped, "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score, "best_valid_result": self.best_valid_result,
+            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "random_state": capture_random_state(self.model, self._train_data),
+        }
+        atomic_write(last_state_path(self.saved_model_file), lambda handle: torch.save(state, handle))
 
     def resume_checkpoint(self, resume_file):
-        original = torch.load
+        """Continue training from ``resume_file``: a ``-last.pth`` state (exact continuation), the
+        checkpoint path a run printed (its ``-last.pth`` is used when present), or a plain RecBole
+        checkpoint (weights, optimizer and epoch only, RecBole's behaviour)."""
+        resume_file = str(resume_file)
+        if not resume_file.endswith(LAST_SUFFIX) and os.path.isfile(last_state_path(resume_file)):
+            resume_file = last_state_path(resume_file)
+        if not os.path.isfile(resume_file):
+            raise UserPathError(f"config key 'resume': no checkpoint at {resume_file}. Fix: pass the checkpoint "
+                                "path a run printed, or its -last.pth file.")
         try:
-            torch.load = lambda *a, **k: original(*a, **{**k, "weights_only": False})
-            return super().resume_checkpoint(resume_file)
-        finally:
-            torch.load = original
+            checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise UserPathError(f"config key 'resume': cannot read {resume_file} ({type(err).__name__}: {err}). "
+                                "Fix: pass a checkpoint written by recbole_mm or RecBole.") from None
+        exact = isinstance(checkpoint, dict) and checkpoint.get("format") == RESUME_FORMAT
+        saved_model = checkpoint["model"] if exact else checkpoint["config"]["model"]
+        saved_dataset = checkpoint["dataset"] if exact else checkpoint["config"]["dataset"]
+        if (saved_model.lower(), saved_dataset) != (self.config["model"].lower(), self.config["dataset"]):
+            raise ConfigError(f"config key 'resume': {resume_file} is a {saved_model} run on '{saved_dataset}', "
+                              f"not {self.config['model']} on '{self.config['dataset']}'. Fix: resume with the "
+                              "command that started that run.")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if exact:
+            self.start_epoch = checkpoint["next_epoch"]
+            self.best_valid_result = checkpoint["best_valid_result"]
+            self._pending_random_state = checkpoint["random_state"]
+            self._resumed_stopped = checkpoint["stopped"]
+            self.saved_model_file = best_checkpoint_path(resume_file)  # the same best-epoch file goes on
+        else:
+            self.start_epoch = checkpoint["epoch"] + 1
+            self.saved_model_file = resume_file
+        self.logger.info(f"Resume training from epoch {self.start_epoch} ({resume_file})")
+
+    # ------------------------------------------------------------ training
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        extra = {"callback_fn": callback_fn} if callback_fn is not None else {}
+        if not isinstance(self, Trainer):  # RecBole's non-gradient trainers: their own loop, nothing to resume
+            return super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+                               **extra)
+        self._train_data = train_data
+        self._keep_last_state = (saved and isinstance(self, Trainer) and self._writes_files()
+                                 and self.config["save_last_state"] is not False)
+        self._fit_start_epoch, self._last_started_epoch = self.start_epoch, None
+        if self._resumed_stopped or (self._pending_random_state is not None and self.start_epoch >= self.epochs):
+            # the saved run had finished (early stop, or no epoch left): nothing to train, and
+            # RecBole's fit would overwrite the best checkpoint with the last weights
+            return self.best_valid_score, self.best_valid_result
+        result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+                             **extra)
+        if self._keep_last_state and self._last_started_epoch is not None:
+            stopped = self._last_started_epoch < self.epochs - 1  # RecBole's loop broke: early stopping
+            self._save_last_state(self._last_started_epoch + 1, stopped=stopped)
+        return result
+
+    def _epoch_boundary(self, epoch_idx):
+        """Start of epoch ``epoch_idx``, before anything of it ran: save the resumable state of the
+        epochs so far, or restore the random state of a resumed run. Idempotent per epoch."""
+        if epoch_idx == self._last_started_epoch:
+            return
+        self._last_started_epoch = epoch_idx
+        if self._pending_random_state is not None:
+            restore_random_state(self._pending_random_state, self.model, self._train_data)
+            self._pending_random_state = None
+        elif self._keep_last_state and epoch_idx > self._fit_start_epoch:
+            self._save_last_state(epoch_idx)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._epoch_boundary(epoch_idx)
+        self.epochs_run = epoch_idx + 1
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -157,22 +333,14 @@ class MMTrainer(SafeLoadMixin, Trainer):
         if "params" not in kwargs and hasattr(self.model, "optimizer_param_groups"):
             kwargs["params"] = self.model.optimizer_param_groups()
         optimizer = super()._build_optimizer(**kwargs)
-        return optimizer if self.config["fused_optimizer"] is False else fused_twin(optimizer)
+        if self.config["fused_optimizer"] is not False:
+            optimizer = fused_twin(optimizer)
+        if hasattr(self.model, "on_train_step_end"):  # torch's own hook: runs after every step()
+            optimizer.register_step_post_hook(lambda *_: self.model.on_train_step_end())
+        return optimizer
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._epoch_boundary(epoch_idx)  # before the hook below changes any state of the epoch
         if hasattr(self.model, "on_epoch_start"):
             self.model.on_epoch_start(epoch_idx)
-        if not hasattr(self.model, "on_train_step_end"):
-            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
-        optimizer_step = self.optimizer.step
-
-        def step_then_hook(*args, **kwargs):
-            result = optimizer_step(*args, **kwargs)
-            self.model.on_train_step_end()
-            return result
-
-        self.optimizer.step = step_then_hook
-        try:
-            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
-        finally:
-            del self.optimizer.step  # back to the class method
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)

@@ -1,11 +1,7 @@
 """Hyper-parameter search for recbole_mm and RecBole models with hyperopt or Ray Tune.
 
-The search space uses RecBole's ``.hyper`` format, one parameter a line::
-
-    learning_rate loguniform -8,0        # exp(uniform(-8, 0))
-    hidden_size choice [32,64]           # a Python literal list
-    dropout_prob uniform 0.1,0.5
-    n_layers quniform 1,3,1              # round(uniform(1, 3) / 1) * 1; integer bounds and step give ints
+The search space uses RecBole's ``.hyper`` format, one parameter a line (see
+:mod:`recbole_mm.tuning_common`), e.g. ``learning_rate loguniform -8,0``.
 
 Every trial is one ``recbole_mm.quick_start.objective_function`` run (train, select the best
 epoch on the validation split, evaluate it on test). Trials are ranked on the **validation**
@@ -17,175 +13,25 @@ for ever on a CPU machine, its objective reports test metrics, parses the Ray wo
 the config and fails on torch>=2.6 checkpoint loading. Here trials build
 ``Config(parse_argv=False)`` with absolute paths (Ray runs a trial inside its own folder), request
 ``cpus_per_trial`` / ``gpus_per_trial`` from the config, and report validation metrics.
-The Ray Tune driver is in :mod:`recbole_mm.tuning_ray`; :func:`run_search` runs either.
+The Ray Tune driver is in :mod:`recbole_mm.tuning_ray`; :func:`run_search` runs either. The search
+space and the trial both drivers share live in :mod:`recbole_mm.tuning_common`.
 """
-import ast
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
 
-KINDS = ("choice", "uniform", "quniform", "loguniform")
+from recbole_mm.tuning_common import (  # noqa: F401  (re-exported: the search space API lives here too)
+    KINDS, Param, SearchSpaceError, TrialSetup, TuningError, clean_params, grid_size, hyperopt_space,
+    parse_search_space, run_trial)
+
 ALGOS = {"exhaustive": "exhaustive", "grid": "exhaustive", "random": "random", "tpe": "tpe", "bayes": "tpe"}
 # Config keys holding paths: made absolute in the driver so trials find them from any folder.
 PATH_KEYS = ("data_path", "mm_feature_path", "graph_cache_dir", "checkpoint_dir", "dataset_save_path",
              "dataloaders_save_path")
-EXAMPLE = "e.g. 'learning_rate loguniform -8,0' or 'hidden_size choice [32,64]'"
-
-
-class SearchSpaceError(ValueError):
-    """A malformed search-space file; the message names the file, line and fix."""
-
-
-class TuningError(ValueError):
-    """A search that cannot run as asked (tool, algorithm, resources); the message says the fix."""
 
 
 class AllTrialsFailed(RuntimeError):
     """Every trial raised; the results file still lists each error."""
-
-
-@dataclass
-class Param:
-    """One line of a ``.hyper`` file."""
-
-    name: str
-    kind: str
-    values: list = None  # choice
-    low: float = None
-    high: float = None
-    q: float = None  # quniform step
-
-    def integer_steps(self):
-        return self.kind == "quniform" and all(float(v).is_integer() for v in (self.low, self.high, self.q))
-
-
-# ------------------------------------------------------------------ search space
-def parse_search_space(path):
-    """Read a RecBole ``.hyper`` file into a list of :class:`Param`; blank lines and ``#``
-    comments are skipped, anything else malformed raises :class:`SearchSpaceError`."""
-    if not os.path.isfile(path):
-        raise SearchSpaceError(f"search-space file not found: {path}. Fix: pass --params_file=FILE "
-                               f"with one 'name type values' line per parameter ({EXAMPLE}).")
-    params = []
-    with open(path, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.split("#", 1)[0].strip()
-            if line:
-                params.append(_parse_line(line, f"{path}:{number}", {p.name for p in params}))
-    if not params:
-        raise SearchSpaceError(f"search-space file {path} defines no parameter. Fix: add lines like {EXAMPLE}.")
-    return params
-
-
-def _parse_line(line, where, seen):
-    parts = line.split()
-    if len(parts) < 3:
-        raise SearchSpaceError(f"{where}: '{line}' needs three fields 'name type values'; {EXAMPLE}.")
-    name, kind, value = parts[0], parts[1], "".join(parts[2:])
-    if kind not in KINDS:
-        raise SearchSpaceError(f"{where}: unknown type '{kind}' for '{name}'. Fix: use one of {', '.join(KINDS)}.")
-    if name in seen:
-        raise SearchSpaceError(f"{where}: parameter '{name}' is defined twice. Fix: keep one line per parameter.")
-    if kind == "choice":
-        try:
-            values = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            values = None
-        if not isinstance(values, (list, tuple)) or not values:
-            raise SearchSpaceError(f"{where}: choice values of '{name}' must be a non-empty Python list such as "
-                                   f"[32,64] or ['gelu','relu'], got '{value}'.")
-        return Param(name, kind, values=list(values))
-    numbers = value.split(",")
-    wanted = 3 if kind == "quniform" else 2
-    try:
-        numbers = [float(n) for n in numbers]
-    except ValueError:
-        numbers = []
-    if len(numbers) != wanted:
-        form = "low,high,step" if kind == "quniform" else "low,high"
-        raise SearchSpaceError(f"{where}: {kind} '{name}' takes {form} as numbers, got '{value}'.")
-    low, high = numbers[0], numbers[1]
-    if not low < high:
-        raise SearchSpaceError(f"{where}: {kind} '{name}' needs low < high, got {low} and {high}.")
-    if kind == "quniform" and numbers[2] <= 0:
-        raise SearchSpaceError(f"{where}: quniform '{name}' needs a positive step, got {numbers[2]}.")
-    return Param(name, kind, low=low, high=high, q=numbers[2] if kind == "quniform" else None)
-
-
-def grid_size(params):
-    """Number of configurations of an all-``choice`` space (exhaustive search)."""
-    continuous = [p.name for p in params if p.kind != "choice"]
-    if continuous:
-        raise SearchSpaceError(f"exhaustive search needs only 'choice' parameters; {', '.join(continuous)} "
-                               "are continuous. Fix: use --algo random or tpe, or make them choices.")
-    return math.prod(len(p.values) for p in params)
-
-
-def hyperopt_space(params):
-    from hyperopt import hp
-
-    space = {}
-    for p in params:
-        if p.kind == "choice":
-            space[p.name] = hp.choice(p.name, p.values)
-        elif p.kind == "uniform":
-            space[p.name] = hp.uniform(p.name, p.low, p.high)
-        elif p.kind == "quniform":
-            space[p.name] = hp.quniform(p.name, p.low, p.high, p.q)
-        else:
-            space[p.name] = hp.loguniform(p.name, p.low, p.high)
-    return space
-
-
-def clean_params(params, sampled):
-    """Plain Python values for the config: numpy scalars become int/float, integer quniform → int."""
-    cleaned = {}
-    for p in params:
-        value = sampled[p.name]
-        if hasattr(value, "item"):
-            value = value.item()
-        if p.integer_steps():
-            value = int(round(value))
-        cleaned[p.name] = value
-    return cleaned
-
-
-# ------------------------------------------------------------------ one trial
-@dataclass
-class TrialSetup:
-    """Everything a trial needs, with absolute paths (trials may run in another folder)."""
-
-    model: str
-    dataset: str
-    config_file_list: list
-    config_dict: dict
-    output_dir: str
-    saved: bool = True
-    extra: dict = field(default_factory=dict)
-
-
-def run_trial(setup, params, trial_id):
-    """Train and evaluate one configuration; returns a result record (never raises)."""
-    from recbole_mm.quick_start import objective_function
-
-    config_dict = {**setup.config_dict, **params, "model": setup.model, "dataset": setup.dataset}
-    # one folder per trial: concurrent trials would otherwise share time-stamped file names
-    config_dict["checkpoint_dir"] = os.path.join(setup.config_dict["checkpoint_dir"], str(trial_id))
-    start = time.time()
-    record = {"trial": trial_id, "params": params}
-    try:
-        result = objective_function(config_dict=config_dict, config_file_list=setup.config_file_list,
-                                    saved=setup.saved)
-    except Exception as err:  # noqa: BLE001 - a failed trial is recorded, the search goes on
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", seconds=time.time() - start)
-        return record
-    record.update(status="ok", error=None, seconds=round(time.time() - start, 2),
-                  valid_score=float(result["best_valid_score"]),
-                  valid={k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
-                  test={k: float(v) for k, v in (result["test_result"] or {}).items()})
-    return record
 
 
 def prepare_setup(model, dataset, config_file_list=None, config_dict=None, output_dir="hyper_results",
@@ -194,6 +40,7 @@ def prepare_setup(model, dataset, config_file_list=None, config_dict=None, outpu
 
     Returns ``(setup, config)``; ``config`` is the driver's ``Config`` (valid metric, resources)."""
     from recbole_mm.config import Config
+    from recbole_mm.data.dataset import default_graph_cache_dir
 
     config_file_list = [os.path.abspath(f) for f in config_file_list or []]
     config_dict = dict(config_dict or {})
@@ -208,6 +55,12 @@ def prepare_setup(model, dataset, config_file_list=None, config_dict=None, outpu
     config_dict.setdefault("checkpoint_dir", os.path.join(os.path.abspath(output_dir), "checkpoints"))
     if isinstance(config["mm_feature_path"], str):
         config_dict["mm_feature_path"] = os.path.abspath(config["mm_feature_path"])
+    # every trial has its own checkpoint folder: pin the graph caches to one folder they share
+    if not config["graph_cache_dir"]:
+        config_dict["graph_cache_dir"] = default_graph_cache_dir(
+            config_dict.get("mm_feature_path"), config_dict["checkpoint_dir"], config["dataset"])
+    if "save_last_state" not in config.external_config_dict:
+        config_dict["save_last_state"] = False  # a failed trial is rerun, not resumed
     setup = TrialSetup(model=config["model"], dataset=config["dataset"], config_file_list=config_file_list,
                        config_dict=config_dict, output_dir=os.path.abspath(output_dir), saved=saved)
     return setup, config
@@ -346,6 +199,7 @@ def run_search(model, dataset, params_file, config_file_list=None, config_dict=N
         "hyper_results", f"{model}-{dataset}-{tool}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     output_dir = os.path.splitext(os.path.abspath(output_file))[0]
     setup, config = prepare_setup(model, dataset, config_file_list, config_dict, output_dir=output_dir)
+    config.check_keys([p.name for p in params], where=params_file)  # a misspelt name would vary nothing
     bigger = bool(config["valid_metric_bigger"])
     seed = config["seed"]
     if tool == "hyperopt":

@@ -1,14 +1,14 @@
 """Ray Tune driver of :mod:`recbole_mm.tuning`: trials in parallel on a local or existing Ray cluster.
 
 Each trial is a function trainable asking Ray for ``cpus_per_trial`` CPUs and ``gpus_per_trial``
-GPUs, running :func:`recbole_mm.tuning.run_trial` once and reporting ``valid_score``,
+GPUs, running :func:`recbole_mm.tuning_common.run_trial` once and reporting ``valid_score``,
 ``valid_<metric>`` and ``test_<metric>`` (selection uses ``valid_score`` only).
 """
 import math
 import os
 import time
 
-from recbole_mm.tuning import TrialSetup, TuningError, clean_params, hyperopt_space, run_trial
+from recbole_mm.tuning_common import TrialSetup, TuningError, clean_params, hyperopt_space, run_trial
 
 
 def ray_space(params, algo):

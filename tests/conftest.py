@@ -18,6 +18,15 @@ import recbole.model.sequential_recommender  # noqa: E402,F401  (its sine.py tur
 torch.autograd.set_detect_anomaly(False)
 torch.set_num_threads(1)  # tiny models: threads only add overhead
 
+def pytest_configure(config):
+    """The known, harmless warnings the command-line entry points hide (recbole_mm.cli)."""
+    from recbole_mm.cli import KNOWN_WARNINGS
+
+    for spec in KNOWN_WARNINGS:
+        config.addinivalue_line("filterwarnings", ":".join([
+            "ignore", spec.get("message", ""), spec["category"].__name__, spec.get("module", "")]))
+
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCIENTIFIC_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "scientific"))
 ML100K_FEATURES = os.path.join(REPO_ROOT, "dataset", "ml-100k")

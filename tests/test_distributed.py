@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import ml100k_config
-from recbole_mm import distributed
+from recbole_mm import distributed, launcher
 from recbole_mm.distributed import DistributedError
 from recbole_mm.quick_start import run_recbole_mm
 from recbole_mm.trainer import load_checkpoint
@@ -66,12 +66,12 @@ def test_torchrun_environment_maps_to_recbole_keys():
 
 def test_run_distributed_rejects_bad_requests(monkeypatch):
     with pytest.raises(DistributedError, match="nproc must be a positive integer"):
-        distributed.run_distributed("SASRec", "ml-100k", nproc=0)
+        launcher.run_distributed("SASRec", "ml-100k", nproc=0)
     for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost",
                         "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(DistributedError, match="already started by torchrun"):
-        distributed.run_distributed("SASRec", "ml-100k", nproc=2)
+        launcher.run_distributed("SASRec", "ml-100k", nproc=2)
 
 
 class _GraphModel(torch.nn.Module):
@@ -109,15 +109,17 @@ def test_torchrun_environment_runs_ddp_in_process(tmp_path, in_tmp, monkeypatch,
         monkeypatch.setenv(name, value)
     result = run_recbole_mm(model="SASRec", dataset="ml-100k", config_dict=ml100k_config(tmp_path, **DETERMINISTIC))
     assert not dist.is_initialized()  # the group is torn down after the run
-    (checkpoint,) = os.listdir(tmp_path / "saved")
-    config = load_checkpoint(str(tmp_path / "saved" / checkpoint))["config"]
+    assert os.path.dirname(result["checkpoint"]) == str(tmp_path / "saved")
+    config = load_checkpoint(result["checkpoint"])["config"]
     assert config["single_spec"] is False and config["dist_backend"] == "gloo" and config["world_size"] == 1
     assert_close(result, single_process, tolerance=1e-4)  # one rank, no padding: same numbers
 
 
 def test_two_process_gloo_matches_one_process(tmp_path, in_tmp, single_process):
-    result = distributed.run_distributed("SASRec", "ml-100k", nproc=2,
+    result = launcher.run_distributed("SASRec", "ml-100k", nproc=2,
                                          config_dict=ml100k_config(tmp_path, **DETERMINISTIC))
     assert result is not None
     assert_close(result, single_process, tolerance=TOLERANCE)
-    assert len(os.listdir(tmp_path / "saved")) == 1  # rank 0 wrote the one checkpoint both ranks read
+    # rank 0 wrote the one checkpoint both ranks read (and its resumable state)
+    checkpoint = os.path.basename(result["checkpoint"])
+    assert sorted(os.listdir(tmp_path / "saved")) == sorted([checkpoint, checkpoint.replace(".pth", "-last.pth")])

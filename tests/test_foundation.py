@@ -312,8 +312,9 @@ def test_default_dataset_end_to_end_with_checkpoint(tmp_path, in_tmp):
                                 train_batch_size=512, user_inter_num_interval="[20,24]")
     result = run_recbole_mm("SASRec", "ml-100k", config_dict=config_dict, saved=True)  # torch>=2.6 load path
     assert set(result["test_result"]) == {f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in (10, 20)}
-    checkpoint = next((tmp_path / "saved").glob("SASRec-*.pth"))
-    config, model, dataset, *_ = load_data_and_model(str(checkpoint))
+    checkpoint = result["checkpoint"]
+    assert os.path.dirname(checkpoint) == str(tmp_path / "saved") and os.path.isfile(checkpoint)
+    config, model, dataset, *_ = load_data_and_model(checkpoint)
     assert isinstance(dataset, MultimodalSequentialDataset) and dataset.modalities == ["text", "genre"]
     assert dataset.item_features["text"].shape == (dataset.item_num, 384)
     assert dataset.item_features["genre"].shape == (dataset.item_num, 19)
@@ -421,6 +422,13 @@ def test_ml100k_feature_cache_is_reused_and_rebuilt_on_change(tmp_path, monkeypa
         handle.write("1683\tNew Movie\t1998\tDrama\n")
     default.build_ml100k_features({"data_path": str(source)}, str(out))
     assert calls == [1682, 1683] and np.load(out / "text_feat.npy").shape == (1683, 384)
+    genre_file = out / "genre_feat.npy"
+    damaged = bytearray(genre_file.read_bytes())
+    damaged[-3] ^= 0x40  # flipped bytes in a value: still a readable .npy, but never used
+    genre_file.write_bytes(bytes(damaged))
+    with pytest.warns(UserWarning, match="genre_feat.npy failed the checksum"):
+        default.build_ml100k_features({"data_path": str(source)}, str(out))
+    assert calls == [1682, 1683, 1683] and set(np.unique(np.load(genre_file))) <= {0.0, 1.0}
 
 
 def test_model_lookup_leaves_anomaly_detection_off():

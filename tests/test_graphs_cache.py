@@ -109,3 +109,45 @@ def test_build_killed_while_writing_leaves_no_corrupt_cache(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         cached_tensor(tmp_path, "h", {"k": 2}, lambda: torch.ones(3))
     assert not any(name.startswith(".tmp-h") or name.startswith("h-") for name in os.listdir(tmp_path))
+
+
+def _flip_first_occurrence(path, needle):
+    """Flip one bit inside the first copy of ``needle`` (raw array bytes) in the file."""
+    data = bytearray(open(path, "rb").read())
+    start = bytes(data).find(needle)
+    assert start >= 0, "array bytes not found in the cache file"
+    data[start + len(needle) // 2] ^= 0x10
+    with open(path, "wb") as handle:
+        handle.write(bytes(data))
+
+
+@pytest.mark.parametrize("part", ["index", "value"])
+def test_flipped_bytes_in_index_or_value_array_are_never_used(tmp_path, part):
+    """A graph cache with one flipped bit (in the sparse index or value array) fails its checksum:
+    it is rebuilt with a warning. Before caches were sealed, flipped index bytes crashed the run and
+    flipped value bytes were used silently (test metrics changed)."""
+    indices = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])
+    values = torch.tensor([0.5, 0.25, 0.125, 1.5, 2.5, 3.5])
+    graph = torch.sparse_coo_tensor(indices, values, (6, 6)).coalesce()
+    build = Builder(graph)
+    key = {"fingerprint": "train-split", "k": 2}
+    cached_tensor(tmp_path, "graph", key, build)
+    path, _ = cache_path(tmp_path, "graph", key)
+    array = graph.indices() if part == "index" else graph.values()
+    _flip_first_occurrence(path, array.contiguous().numpy().tobytes())
+    with pytest.warns(UserWarning, match="failed its check.*rebuilding"):
+        out = cached_tensor(tmp_path, "graph", key, build)
+    assert build.calls == 2
+    assert torch.equal(out.indices(), graph.indices()) and torch.equal(out.values(), graph.values())
+    again = cached_tensor(tmp_path, "graph", key, build)  # the rebuilt file is sound
+    assert build.calls == 2 and torch.equal(again.to_dense(), graph.to_dense())
+
+
+def test_cache_files_get_the_mode_open_would_give(tmp_path):
+    old = os.umask(0o022)
+    try:
+        cached_tensor(tmp_path, "g", {"k": 1}, lambda: torch.ones(2))
+    finally:
+        os.umask(old)
+    path, _ = cache_path(tmp_path, "g", {"k": 1})
+    assert os.stat(path).st_mode & 0o777 == 0o644  # was 0o600 (private) before

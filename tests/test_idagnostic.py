@@ -198,7 +198,7 @@ BASE = dict(
     text_encoder_path=None, text_encoder_config=TINY["bert"], vision_encoder_config=TINY["vit"],
     allow_random_init=True, item_image_dir="images", embedding_size=16, inner_size=32, fusion_heads=2,
     n_finetune_blocks_text=1, n_finetune_blocks_vision=1, epochs=1, eval_step=1, train_batch_size=16,
-    show_progress=False, state="ERROR", saved=False, load_col={"inter": ["user_id", "item_id", "timestamp"]},
+    show_progress=False, state="ERROR", load_col={"inter": ["user_id", "item_id", "timestamp"]},
     user_inter_num_interval="[0,inf)", item_inter_num_interval="[0,inf)", item_encode_batch=7,
     modalities=["text", "image"], fusion="merge_attn", backbone="sasrec", gru_layers=2, seed=1, cache_dtype="float32",
 )

@@ -36,9 +36,11 @@ def test_pretrain_variant_runs_two_stages_from_one_command(in_tmp, tiny_dataset)
     config = tiny_config(in_tmp, tiny_dataset, epochs=2, variant="S+U")
     result = run_recbole_mm("MuSTRec", "tiny", config_dict=config, saved=True)
     assert all(0.0 <= v <= 1.0 for v in result["test_result"].values())
-    saved = os.listdir(in_tmp / "saved")
+    saved = [f for f in os.listdir(in_tmp / "saved") if f.endswith(".pth")]
     stage_one = [f for f in saved if f.endswith("-graph-stage.pth")]
-    assert len(stage_one) == 1 and len(saved) == 2
+    checkpoint = os.path.basename(result["checkpoint"])
+    assert len(stage_one) == 1 and sorted(saved) == sorted(
+        [stage_one[0], checkpoint, checkpoint.replace(".pth", "-last.pth")])
     reuse = dict(config, pretrained_graph_path=str(in_tmp / "saved" / stage_one[0]))
     again = run_recbole_mm("MuSTRec", "tiny", config_dict=reuse, saved=False)
     assert all(0.0 <= v <= 1.0 for v in again["test_result"].values())

@@ -109,6 +109,28 @@ def test_mmrec_rerun_is_a_no_op_and_source_change_redoes(tmp_path):
     assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
 
 
+def test_damaged_prepared_feature_file_is_refused_then_rebuilt(tmp_path, in_tmp, capsys):
+    """The manifest records each output's SHA-256: a feature file with flipped bytes is never used
+    (the loader names the manifest), and rerunning prepare rebuilds it with a warning."""
+    from recbole_mm.data.features import FeatureFileError
+
+    write_mmrec(str(tmp_path / "src"))
+    folder = convert_mmrec(str(tmp_path / "src"), "mini", str(tmp_path / "out"), **QUIET)
+    manifest = json.load(open(os.path.join(folder, "prepare_manifest.mmrec.json")))
+    assert set(manifest["checksums"]) == set(manifest["outputs"])
+    feature = os.path.join(folder, "text_feat.npy")
+    good = open(feature, "rb").read()
+    damaged = bytearray(good)
+    damaged[-5] ^= 0x20  # a value byte: np.load would still read the file
+    open(feature, "wb").write(bytes(damaged))
+    with pytest.raises(FeatureFileError, match="text_feat.npy does not match the checksum prepare_manifest.mmrec.json"):
+        recbole_split(tmp_path / "out", "mini", tmp_path)
+    convert_mmrec(str(tmp_path / "src"), "mini", str(tmp_path / "out"), **QUIET)
+    assert "text_feat.npy changed since the last run; rebuilding" in capsys.readouterr().err
+    assert open(feature, "rb").read() == good
+    recbole_split(tmp_path / "out", "mini", tmp_path)  # sound again
+
+
 @pytest.mark.parametrize("damage,pattern", [
     ("no_x_label", "x_label"), ("few_rows", "rows but the interactions"), ("no_features", "no feature file"),
     ("bad_value", "non-numeric"), ("no_inter", "MMRec interaction file not found"),

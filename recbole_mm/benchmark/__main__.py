@@ -22,6 +22,8 @@ import argparse
 import os
 import sys
 
+from recbole_mm.benchmark.grid import GridError
+
 
 def _csv(text):
     return [part.strip() for part in text.split(",") if part.strip()] if text else []
@@ -31,8 +33,6 @@ def _seeds(text):
     try:
         return [int(s) for s in _csv(text)]
     except ValueError:
-        from recbole_mm.benchmark.grid import GridError
-
         raise GridError(f"--seeds takes integers separated by commas (e.g. 2020,2021,2022), got '{text}'.") from None
 
 
@@ -77,7 +77,7 @@ def report_parser():
 
 
 def build_grid(args):
-    from recbole_mm.benchmark.grid import GridError, grid_from_models, load_grid, restrict
+    from recbole_mm.benchmark.grid import grid_from_models, load_grid, restrict
 
     # a value naming an existing file is one path (spaces allowed); otherwise RecBole's space-separated list
     config_files = [path for value in args.config_files
@@ -131,7 +131,7 @@ def _run(args):
 def _report(args):
     import yaml
 
-    from recbole_mm.benchmark.grid import GridError, load_grid
+    from recbole_mm.benchmark.grid import load_grid
     from recbole_mm.benchmark.report import build_report
     from recbole_mm.benchmark.store import ResultStore
 

@@ -52,7 +52,10 @@ def execute_cell(spec, work_dir, timeout=None, log_path=None):
     """Run ``spec`` in a child process inside ``work_dir``; returns a dict with ``result`` or
     ``error``, ``log`` (the child's output), ``wall_s``, ``cpu_s`` and ``peak_rss_mb``."""
     os.makedirs(work_dir, exist_ok=True)
-    spec = {**spec, "config_dict": {**spec["config_dict"], "checkpoint_dir": os.path.join(work_dir, "checkpoints")}}
+    # run-only settings, not part of the cell's identity: its own checkpoint folder, and no resumable
+    # state per epoch (a killed cell reruns from the start)
+    spec = {**spec, "config_dict": {**spec["config_dict"], "checkpoint_dir": os.path.join(work_dir, "checkpoints"),
+                                    "save_last_state": False}}
     spec_path, result_path = os.path.join(work_dir, "spec.json"), os.path.join(work_dir, "result.json")
     log_path = log_path or os.path.join(work_dir, "cell.log")
     with open(spec_path, "w", encoding="utf-8") as handle:

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from recbole_mm.errors import ConfigError
+
 
 def per_user(ranks, metric):
     """Per-user values of ``metric`` (``hit@10``, ``ndcg@20``, ``mrr@20``, ``recall@10``)."""
@@ -21,7 +23,8 @@ def per_user(ranks, metric):
         return np.where(inside, 1.0 / np.log2(ranks + 1.0), 0.0)
     if name == "mrr":
         return np.where(inside, 1.0 / ranks, 0.0)
-    raise ValueError(f"no per-user form for metric '{metric}' (use hit, recall, ndcg or mrr @k)")
+    raise ConfigError(f"no per-user form for metric '{metric}'. Fix: use hit, recall, ndcg or mrr at a cut-off, "
+                      "e.g. ndcg@20 (in a claims file: compare.metric).")
 
 
 def mean_sd(values):

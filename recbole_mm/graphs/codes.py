@@ -13,6 +13,8 @@ to the lower centre id. Invalid items (mask False or a zero row; PAD) get code `
 """
 import torch
 
+from recbole_mm.errors import ConfigError
+
 __all__ = ["kmeans", "modality_codes", "assign_codes"]
 
 
@@ -53,7 +55,7 @@ def kmeans(x, n_clusters, seed=0, iters=100, tol=1e-4):
     x = x.float()
     n = x.shape[0]
     if not 1 <= n_clusters <= n:
-        raise ValueError(f"kmeans: n_clusters={n_clusters} must be in [1, {n}] (number of rows)")
+        raise ConfigError(f"kmeans: n_clusters={n_clusters} must be in [1, {n}] (number of rows)")
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     centres = _kmeans_pp(x, n_clusters, gen)
     previous = None
@@ -90,7 +92,7 @@ def assign_codes(features, centres, top_k, assign="cosine", valid=None):
     elif assign == "euclidean":
         score = -_sq_distances(features.float(), centres).sqrt()
     else:
-        raise ValueError(f"assign must be 'cosine' or 'euclidean', got {assign!r}")
+        raise ConfigError(f"assign must be 'cosine' or 'euclidean', got {assign!r}")
     top_k = min(int(top_k), centres.shape[0])
     # stable descending sort keeps the lower centre id first among equal scores
     order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :top_k]
@@ -127,8 +129,8 @@ def modality_codes(features, n_codes, top_k, seed, fit_mask=None, valid_mask=Non
         fit_mask, dtype=torch.bool, device=features.device)
     n_fit = int(fit.sum())
     if n_fit < n_codes:
-        raise ValueError(f"modality_codes: only {n_fit} items to fit {n_codes} codes; "
-                         f"lower code_num")
+        raise ConfigError(f"modality_codes: only {n_fit} items to fit {n_codes} codes; "
+                          f"lower code_num")
     centres, _ = kmeans(features[fit], n_codes, seed=seed, iters=iters, tol=tol)
     indices, weights = assign_codes(features, centres, top_k, assign=assign, valid=valid)
     return centres, indices, weights

@@ -20,6 +20,8 @@ positions whose sequence is still long enough.
 import numpy as np
 import scipy.sparse as sp
 
+from recbole_mm.errors import ConfigError
+
 __all__ = ["cooccurrence_matrix", "normalize_scipy"]
 
 
@@ -38,7 +40,7 @@ def normalize_scipy(matrix, normalize):
         inv = np.zeros_like(sums)
         inv[nz] = sums[nz] ** -0.5
         return sp.csr_matrix(sp.diags(inv) @ matrix @ sp.diags(inv), dtype=np.float32)
-    raise ValueError(f"normalize must be 'row', 'sym' or 'none', got {normalize!r}")
+    raise ConfigError(f"normalize must be 'row', 'sym' or 'none', got {normalize!r}")
 
 
 def cooccurrence_matrix(sequences, n_items, mode="adjacent", normalize="row",
@@ -55,11 +57,11 @@ def cooccurrence_matrix(sequences, n_items, mode="adjacent", normalize="row",
         pad_id: item id ignored wherever it appears (None to keep all ids).
     """
     if mode not in ("adjacent", "all"):
-        raise ValueError(f"mode must be 'adjacent' or 'all', got {mode!r}")
+        raise ConfigError(f"mode must be 'adjacent' or 'all', got {mode!r}")
     if weight not in ("count", "inverse_distance"):
-        raise ValueError(f"weight must be 'count' or 'inverse_distance', got {weight!r}")
+        raise ConfigError(f"weight must be 'count' or 'inverse_distance', got {weight!r}")
     if window is not None and int(window) < 1:
-        raise ValueError(f"window must be >= 1 or None, got {window!r}")
+        raise ConfigError(f"window must be >= 1 or None, got {window!r}")
     max_distance = 1 if mode == "adjacent" else (None if window is None else int(window))
 
     seqs = [np.asarray(s, dtype=np.int64).ravel() for s in sequences]

@@ -20,6 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recbole_mm.errors import ConfigError
+
 __all__ = ["user_item_adjacency", "DegreePruner", "edge_list"]
 
 DEGREE_EPS = 1e-7
@@ -72,7 +74,7 @@ class DegreePruner:
 
     def __init__(self, inter_csr, keep_ratio, seed=0, device=None):
         if not 0.0 < float(keep_ratio) <= 1.0:
-            raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+            raise ConfigError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         self.n_users, self.n_items = inter_csr.shape
         users, items = edge_list(inter_csr)
         self.device = device

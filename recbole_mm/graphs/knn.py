@@ -37,6 +37,8 @@ import warnings
 
 import torch
 
+from recbole_mm.errors import ConfigError
+
 __all__ = ["topk_cosine", "knn_graph", "normalize_rows", "default_chunk_size"]
 
 GROUP_ROWS = 1024  # approximate mode: mean rows per group of alike rows (measured best)
@@ -47,7 +49,7 @@ def _self_mode(include_self):
     try:
         return _SELF_MODES[include_self]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise ConfigError(
             f"include_self must be True/'include', False/'exclude' or 'add', got {include_self!r}"
         ) from None
 
@@ -150,7 +152,7 @@ def topk_cosine(features, k, include_self=True, valid_mask=None, chunk_size=None
     max_k = n_valid - (0 if mode == "include" else 1)
     k = int(k)
     if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+        raise ConfigError(f"k must be >= 0, got {k}")
     if k > max_k:
         warnings.warn(f"knn: k={k} exceeds the {max(max_k, 0)} available neighbours; clamped")
     k_eff = max(0, min(k, max_k))

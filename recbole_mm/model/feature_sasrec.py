@@ -21,6 +21,8 @@ from recbole.model.layers import TransformerEncoder
 from recbole.model.sequential_recommender.sasrec import SASRec
 from torch import nn
 
+from recbole_mm.errors import ConfigError
+
 
 class FeatureItemTable(nn.Module):
     """Item vectors :math:`E^{id}_i + \\sum_m W_m x^m_i`; ``table(ids)`` looks rows up and
@@ -87,8 +89,6 @@ class FeatureSASRec(SASRec):
     @staticmethod
     def _frozen_features(config, dataset):
         """The dataset's feature tables (those ``modalities`` loads) with missing rows zeroed."""
-        from recbole_mm.config import ConfigError
-
         loaded = list(getattr(dataset, "item_features", {}))
         if not loaded:
             raise ConfigError(f"FeatureSASRec needs item feature files, and dataset '{config['dataset']}' loads none. "

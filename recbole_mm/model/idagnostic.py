@@ -32,9 +32,10 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.config import ConfigError, select_modalities
+from recbole_mm.checks import select_modalities
 from recbole_mm.data.raw_items import (HashWordTokenizer, ImageStore, load_item_image_paths,
                                        load_item_texts, raw_modalities, tokenize_texts)
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.backbones import build_backbone
 from recbole_mm.model.layers.encoder_blocks import load_hf_encoder
 from recbole_mm.model.layers.encoders import TextTower, TokenProjection, VisionTower
@@ -157,21 +158,21 @@ class IDAgnosticMMSR(SequentialRecommender):
         tower_args = dict(cache_frozen=config["cache_frozen"], cache_device=config["cache_device"],
                           cache_dtype=config["cache_dtype"])
         if "text" in self.modalities:
+            texts = load_item_texts(config, dataset)  # before the encoder: a missing file fails fast
             model, local_dir = load_hf_encoder(config["text_encoder_path"], config["text_encoder_config"],
                                                config["allow_random_init"], "text_encoder_path")
             self.tokenizer = self._tokenizer(model, local_dir)
-            ids, mask = tokenize_texts(load_item_texts(config, dataset), self.tokenizer,
-                                       self.text_max_len, self.text_lowercase)
+            ids, mask = tokenize_texts(texts, self.tokenizer, self.text_max_len, self.text_lowercase)
             self.text_tower = TextTower(model, ids, mask, n_finetune=config["n_finetune_blocks_text"],
                                         block_path=config["text_block_path"], **tower_args)
             self.text_proj = TokenProjection(model.config.hidden_size, d)
         if "image" in self.modalities:
+            image_paths = load_item_image_paths(config, dataset)
             model, local_dir = load_hf_encoder(config["vision_encoder_path"], config["vision_encoder_config"],
                                                config["allow_random_init"], "vision_encoder_path")
             size = getattr(model.config, "image_size", None) or config["image_size"]
             size = size[0] if isinstance(size, (list, tuple)) else size
-            store = ImageStore(load_item_image_paths(config, dataset), size,
-                               cache_dir=config["image_cache_dir"])
+            store = ImageStore(image_paths, size, cache_dir=config["image_cache_dir"])
             # a CNN gives a grid: token-level fusions read it as tokens (Conv3x3 + ReLU, paper
             # footnote 7); everything else uses its pooled vector through a Linear layer
             grid = self.token_fusion and type(model).__name__.startswith(("ResNet", "ConvNext", "RegNet"))
@@ -263,7 +264,8 @@ class IDAgnosticMMSR(SequentialRecommender):
         if self.item_source == "features":
             missing = [m for m in self.modalities if features is None or m not in features]
             if missing:
-                raise ValueError(f"encode_raw needs features={{modality: tensor}} for {missing}")
+                raise ConfigError(f"encode_raw needs features={{modality: tensor}} for {missing} "
+                                  "(item_source: features). Fix: pass one tensor per modality.")
             vectors = {m: torch.as_tensor(features[m], dtype=torch.float32, device=self.device)
                        for m in self.modalities}
             return self._fuse([self._feature_tokens(m, v, v.ne(0).any(1)) for m, v in vectors.items()])

@@ -30,7 +30,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 
-from recbole_mm.config import ConfigError, require_cross_entropy, select_modalities
+from recbole_mm.checks import require_cross_entropy, select_modalities
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
 
@@ -53,13 +54,13 @@ def resolve_rho(rho, modalities):
         rho = {modalities[0]: rho}
     if isinstance(rho, (list, tuple)):
         if len(rho) != len(modalities):
-            raise ValueError(f"config key 'rho' has {len(rho)} values for modalities {modalities}.")
+            raise ConfigError(f"config key 'rho' has {len(rho)} values for modalities {modalities}.")
         rho = dict(zip(modalities, rho))
     if not isinstance(rho, dict) or set(rho) != set(modalities):
-        raise ValueError(f"config key 'rho' must map exactly the modalities {modalities} to weights, got {rho!r}.")
+        raise ConfigError(f"config key 'rho' must map exactly the modalities {modalities} to weights, got {rho!r}.")
     rho = {m: float(rho[m]) for m in modalities}
     if abs(sum(rho.values()) - 1.0) > 1e-6 or min(rho.values()) < 0:
-        raise ValueError(f"config key 'rho' must hold non-negative weights summing to 1 (Eq. 17), got {rho}.")
+        raise ConfigError(f"config key 'rho' must hold non-negative weights summing to 1 (Eq. 17), got {rho}.")
     return rho
 
 

@@ -36,13 +36,14 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.config import require_cross_entropy, select_modalities
+from recbole_mm.checks import require_cross_entropy, select_modalities
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.han_gnn import GraphAggregatorLayer, HANLayer
 from recbole_mm.model.layers.mmsr_codes import ItemModalityEmbedding, fit_modality_codes
 from recbole_mm.model.layers.msgraph import PackedGraph, build_msgraph, pack_graph
 
 
-class MMSRConfigError(ValueError):
+class MMSRConfigError(ConfigError):
     """Bad MMSR configuration; the message names the key and the fix."""
 
 

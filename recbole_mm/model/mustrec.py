@@ -28,10 +28,11 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.config import ConfigError, select_modalities
+from recbole_mm.checks import select_modalities
 from recbole_mm.data.dataset import TARGET_POSITION_FIELD
 from recbole_mm.data.leakage import (check_eval_histories, check_training_graph, history_entries, history_keys,
                                      is_member)
+from recbole_mm.errors import ConfigError
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
@@ -82,13 +83,13 @@ def resolve_switches(config):
     switches = {key: _get(config, key, value) for key, value in FULL_MODEL.items()}
     for name in names:
         if name not in VARIANTS:
-            raise ValueError(f"MuSTRec: unknown variant {name!r} in `variant: {raw}`; "
-                             f"use one of {sorted(VARIANTS)} or a '+'-joined combination")
+            raise ConfigError(f"MuSTRec: unknown variant {name!r} in `variant: {raw}`; "
+                              f"use one of {sorted(VARIANTS)} or a '+'-joined combination")
         for key, value in VARIANTS[name].items():
             current = switches[key]
             if current != FULL_MODEL[key] and current != value:
-                raise ValueError(f"MuSTRec: `variant: {raw}` sets {key}={value} but the config sets "
-                                 f"{key}={current}; remove one of them")
+                raise ConfigError(f"MuSTRec: `variant: {raw}` sets {key}={value} but the config sets "
+                                  f"{key}={current}; remove one of them")
             switches[key] = value
     return switches
 
@@ -103,8 +104,8 @@ def modality_weights(modalities, image_weight, explicit=None):
     if explicit:
         unknown = set(explicit) - set(modalities)
         if unknown:
-            raise ValueError(f"MuSTRec: modality_weights names {sorted(unknown)}, "
-                             f"but the dataset has modalities {modalities}")
+            raise ConfigError(f"MuSTRec: modality_weights names {sorted(unknown)}, "
+                              f"but the dataset has modalities {modalities}")
         return {m: float(explicit.get(m, 0.0)) for m in modalities}
     if len(modalities) == 1:
         return {modalities[0]: 1.0}
@@ -135,7 +136,7 @@ class MuSTRec(SequentialRecommender):
         self.omega = float(config["omega"])
         self.seq_item_source = config["seq_item_source"]
         if self.seq_item_source not in ("graph", "id"):
-            raise ValueError(f"MuSTRec: seq_item_source must be 'graph' or 'id', got {self.seq_item_source!r}")
+            raise ConfigError(f"MuSTRec: seq_item_source must be 'graph' or 'id', got {self.seq_item_source!r}")
         self.embedding_size = int(config["embedding_size"])  # d of the graph part and of the head
         self.n_users = dataset.user_num
         self.n_ui_layers, self.n_ii_layers = int(config["n_ui_layers"]), int(config["n_ii_layers"])
@@ -153,7 +154,7 @@ class MuSTRec(SequentialRecommender):
             elif config["item_init"] == "normal":
                 nn.init.normal_(table.weight, 0.0, config["initializer_range"])
             else:
-                raise ValueError(f"MuSTRec: item_init must be 'xavier' or 'normal', got {config['item_init']!r}")
+                raise ConfigError(f"MuSTRec: item_init must be 'xavier' or 'normal', got {config['item_init']!r}")
             with torch.no_grad():
                 table.weight[0].zero_()
 
@@ -209,8 +210,8 @@ class MuSTRec(SequentialRecommender):
         weights = modality_weights(self.modalities, self.image_weight, _get(config, "modality_weights"))
         if "image" not in self.modalities and self.image_weight != FULL_MODEL["image_weight"] \
                 and not _get(config, "modality_weights"):
-            raise ValueError(f"MuSTRec: image_weight={self.image_weight} (variant V/T) needs an 'image' "
-                             f"modality; the dataset has {self.modalities}. Use `modality_weights` instead")
+            raise ConfigError(f"MuSTRec: image_weight={self.image_weight} (variant V/T) needs an 'image' "
+                              f"modality; the dataset has {self.modalities}. Use `modality_weights` instead")
         k = int(config["knn_k"])
 
         def build():
@@ -446,6 +447,12 @@ class MuSTRecTrainer(MMTrainer):
         self.optimizer = self._build_optimizer(params=[p for p in model.parameters() if p.requires_grad])
         self._reset_early_stopping()
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def resume_checkpoint(self, resume_file):
+        if self.model.pretrain_graph:  # two fits in one run: a saved epoch does not say which stage
+            raise ConfigError("resume is not supported for MuSTRec-S (pretrain_graph: true). Fix: rerun, "
+                              "reusing a finished graph stage with pretrained_graph_path.")
+        return super().resume_checkpoint(resume_file)
 
     def _reset_early_stopping(self):
         self.start_epoch, self.cur_step = 0, 0

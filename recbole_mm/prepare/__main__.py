@@ -2,8 +2,9 @@
 import argparse
 import sys
 
+from recbole_mm.errors import RecBoleMMError, report
+
 from . import __doc__ as PACKAGE_DOC
-from .io import PrepareError
 
 
 def build_parser():
@@ -75,9 +76,8 @@ def main(argv=None):
 
             prepare_images(args.name, args.dir, args.model, args.out, batch_size=args.batch_size,
                            output=args.output, force=args.force, show_progress=show)
-    except PrepareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except RecBoleMMError as err:
+        return report(err)
     return 0
 
 

@@ -6,11 +6,12 @@ import sys
 
 import numpy as np
 
+from recbole_mm.errors import RecBoleMMError
 from recbole_mm.utils import atomic_write as _atomic_write
+from recbole_mm.utils import damaged_outputs, output_checksums
 
 
-
-class PrepareError(ValueError):
+class PrepareError(RecBoleMMError, ValueError):
     """Bad input for a converter; the message names the file and the fix."""
 
 
@@ -49,7 +50,8 @@ def manifest_name(command):
 
 
 def manifest_matches(out_dir, expected, command):
-    """True when ``out_dir`` holds a manifest equal to ``expected`` and all its outputs exist."""
+    """True when ``out_dir`` holds a manifest equal to ``expected`` and every output it lists still
+    has the checksum recorded there (a damaged output is rebuilt, with a warning)."""
     path = os.path.join(out_dir, manifest_name(command))
     try:
         with open(path, encoding="utf-8") as f:
@@ -58,10 +60,20 @@ def manifest_matches(out_dir, expected, command):
         return False
     if found.get("inputs") != expected.get("inputs"):
         return False
-    return all(os.path.isfile(os.path.join(out_dir, name)) for name in found.get("outputs", []))
+    if not all(os.path.isfile(os.path.join(out_dir, name)) for name in found.get("outputs", [])):
+        return False
+    damaged = damaged_outputs(out_dir, found.get("checksums"))
+    if damaged or "checksums" not in found:
+        reason = f"{', '.join(damaged)} changed since" if damaged else "no checksums recorded by"
+        print(f"warning: {out_dir}: {reason} the last run; rebuilding", file=sys.stderr)
+        return False
+    return True
 
 
 def write_manifest(out_dir, manifest, command):
+    """Write the manifest with the SHA-256 of every output (checked by :func:`manifest_matches`
+    and, for feature files, by the dataset loader)."""
+    manifest = {**manifest, "checksums": output_checksums(out_dir, manifest.get("outputs", []))}
     atomic_write_text(os.path.join(out_dir, manifest_name(command)),
                       json.dumps(manifest, indent=2, sort_keys=True))
 

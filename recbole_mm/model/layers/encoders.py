@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.encoder_blocks import find_blocks, freeze_bottom, frozen_modules
 
 logger = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class VisionTower(EncoderTower):
                     return cfg["image_mean"], cfg["image_std"]
             return IMAGE_NORMS["half"]
         if image_norm not in IMAGE_NORMS:
-            raise ValueError(f"image_norm must be auto, half or imagenet, got {image_norm!r}")
+            raise ConfigError(f"image_norm must be auto, half or imagenet, got {image_norm!r}")
         return IMAGE_NORMS[image_norm]
 
     def deterministic_input(self):

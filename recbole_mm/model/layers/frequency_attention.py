@@ -23,6 +23,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from recbole_mm.errors import ConfigError
+
 __all__ = [
     "FrequencyFilter", "MultiHeadSelfAttention", "PositionwiseFeedForward",
     "FrequencyAttentionBlock", "FrequencyAttentionEncoder", "attention_mask",
@@ -42,7 +44,7 @@ class MaskDropout(nn.Module):
     def __init__(self, p):
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+            raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
 
     def forward(self, x):
@@ -116,7 +118,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, hidden_size, n_heads, attn_dropout, hidden_dropout, layer_norm_eps):
         super().__init__()
         if hidden_size % n_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by n_heads ({n_heads})")
+            raise ConfigError(f"hidden_size ({hidden_size}) must be divisible by n_heads ({n_heads})")
         self.n_heads = n_heads
         self.head_size = hidden_size // n_heads
         self.query = nn.Linear(hidden_size, hidden_size)
@@ -147,7 +149,7 @@ class PositionwiseFeedForward(nn.Module):
         acts = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
                 "swish": F.silu, "silu": F.silu}
         if hidden_act not in acts:
-            raise ValueError(f"hidden_act must be one of {sorted(acts)}, got {hidden_act!r}")
+            raise ConfigError(f"hidden_act must be one of {sorted(acts)}, got {hidden_act!r}")
         self.act = acts[hidden_act]
         self.dense_in = nn.Linear(hidden_size, inner_size)
         self.dense_out = nn.Linear(inner_size, hidden_size)

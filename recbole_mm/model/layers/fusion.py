@@ -28,6 +28,8 @@ import torch
 from recbole.model.layers import TransformerLayer
 from torch import nn
 
+from recbole_mm.errors import ConfigError
+
 COARSE = ("sum", "concat", "film", "gate")
 TOKEN_FUSIONS = ("co_attn", "merge_attn")  # attend over the tokens of each modality
 FUSIONS = COARSE + tuple(f"{c}_dnn" for c in COARSE) + TOKEN_FUSIONS
@@ -56,7 +58,7 @@ class CoarseFusion(nn.Module):
     def __init__(self, kind, d, dnn=False, dropout=0.1, dnn_final_act=True):
         super().__init__()
         if kind not in COARSE:
-            raise ValueError(f"unknown coarse fusion {kind!r}")
+            raise ConfigError(f"unknown coarse fusion {kind!r}")
         self.kind = kind
         self.norm = nn.LayerNorm(d, eps=1e-6)  # shared by both modalities
         if kind == "sum":
@@ -179,4 +181,4 @@ def build_fusion(name, d, n_layers=1, n_heads=12, dropout=0.1, merge_type_emb=Tr
         return MergeAttentionFusion(d, n_layers, n_heads, dropout, merge_type_emb)
     if name == "co_attn":
         return CoAttentionFusion(d, n_layers, n_heads, dropout)
-    raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {name!r}")
+    raise ConfigError(f"fusion must be one of {', '.join(FUSIONS)}; got {name!r}")

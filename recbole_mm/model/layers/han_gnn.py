@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_mm.errors import ConfigError
+
 from .msgraph import REL_BI, REL_HETERO, REL_SELF, PackedGraph
 
 HAN_MODES = ("async", "sync", "hohe", "heho", "ho", "he")
@@ -75,9 +77,9 @@ class HANLayer(nn.Module):
                  attn_dropout=0.2, attn_scale=False, global_attn=False):
         super().__init__()
         if mode not in HAN_MODES:
-            raise ValueError(f"han_mode must be one of {HAN_MODES}, got {mode!r}")
+            raise ConfigError(f"han_mode must be one of {HAN_MODES}, got {mode!r}")
         if gate not in ("concat", "shared"):
-            raise ValueError(f"gate must be 'concat' or 'shared', got {gate!r}")
+            raise ConfigError(f"gate must be 'concat' or 'shared', got {gate!r}")
         self.mode, self.non_invasive, self.gate_kind = mode, non_invasive, gate
         self.leaky_slope, self.scale = leaky_slope, dim ** -0.5 if attn_scale else 1.0
         self.query = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n_types))
@@ -234,7 +236,7 @@ class GraphAggregatorLayer(nn.Module):
     def __init__(self, dim, kind="gcn", n_relations=REL_HETERO, leaky_slope=0.1, attn_dropout=0.2):
         super().__init__()
         if kind not in AGGREGATORS[1:]:
-            raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {kind!r}")
+            raise ConfigError(f"aggregator must be one of {AGGREGATORS}, got {kind!r}")
         self.kind, self.leaky_slope = kind, leaky_slope
         self.weight = nn.Linear((2 if kind == "sage" else 1) * dim, dim, bias=False)
         self.attn_dropout = nn.Dropout(attn_dropout)

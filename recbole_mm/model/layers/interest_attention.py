@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_mm.errors import ConfigError
+
 CENTER_FFN_CHOICES = ("literal", "residual")
 CENTER_SCALE_CHOICES = ("head", "model")
 GUMBEL_NOISE_CHOICES = ("logistic", "gumbel", "none")
@@ -36,7 +38,7 @@ _ACTIVATIONS = {  # the names RecBole's FeedForward accepts for ``hidden_act``
 
 def _activation(name):
     if name not in _ACTIVATIONS:
-        raise ValueError(f"config key 'hidden_act' must be one of {sorted(_ACTIVATIONS)}, got {name!r}.")
+        raise ConfigError(f"config key 'hidden_act' must be one of {sorted(_ACTIVATIONS)}, got {name!r}.")
     return _ACTIVATIONS[name]
 
 
@@ -58,9 +60,9 @@ class CentreAttentionLayer(nn.Module):
                  center_ffn="literal", share_out_proj=True, attn_scale="head"):
         super().__init__()
         if center_ffn not in CENTER_FFN_CHOICES:
-            raise ValueError(f"config key 'center_ffn' must be one of {CENTER_FFN_CHOICES}, got {center_ffn!r}.")
+            raise ConfigError(f"config key 'center_ffn' must be one of {CENTER_FFN_CHOICES}, got {center_ffn!r}.")
         if attn_scale not in CENTER_SCALE_CHOICES:
-            raise ValueError(
+            raise ConfigError(
                 f"config key 'center_attn_scale' must be one of {CENTER_SCALE_CHOICES}, got {attn_scale!r}."
             )
         self.center_ffn = center_ffn
@@ -131,7 +133,7 @@ def relation_noise(shape, kind, device=None, dtype=torch.float32):
     ``logistic``: log d - log(1-d), d ~ U(0,1) (Eq. 19 as printed); ``gumbel``: -log(-log d)
     (Jang et al.); ``none``: zeros. d is clamped to [1e-10, 1-1e-10]."""
     if kind not in GUMBEL_NOISE_CHOICES:
-        raise ValueError(f"config key 'gumbel_noise' must be one of {GUMBEL_NOISE_CHOICES}, got {kind!r}.")
+        raise ConfigError(f"config key 'gumbel_noise' must be one of {GUMBEL_NOISE_CHOICES}, got {kind!r}.")
     if kind == "none":
         return torch.zeros(shape, device=device, dtype=dtype)
     uniform = torch.rand(shape, device=device, dtype=dtype).clamp(1e-10, 1 - 1e-10)
@@ -155,9 +157,9 @@ def centre_relation_weights(logits, tau, noise="logistic", hard=False, training=
     training (noisy, ``hard`` respected).
     """
     if tau <= 0:
-        raise ValueError(f"config key 'gumbel_tau' must be > 0, got {tau!r}.")
+        raise ConfigError(f"config key 'gumbel_tau' must be > 0, got {tau!r}.")
     if eval_mode not in GUMBEL_EVAL_CHOICES:
-        raise ValueError(f"config key 'gumbel_eval' must be one of {GUMBEL_EVAL_CHOICES}, got {eval_mode!r}.")
+        raise ConfigError(f"config key 'gumbel_eval' must be one of {GUMBEL_EVAL_CHOICES}, got {eval_mode!r}.")
     if not training and eval_mode != "sample":
         soft = torch.softmax(logits / tau, dim=-1)
         return _one_hot_straight_through(soft) if eval_mode == "hard" else soft

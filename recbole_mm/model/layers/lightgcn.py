@@ -12,6 +12,8 @@ Given a (normalised) adjacency ``A`` and ego embeddings ``h(0)`` the layers are
 import torch
 from torch import nn
 
+from recbole_mm.errors import ConfigError
+
 __all__ = ["lightgcn_propagate", "LightGCN", "COMBINATIONS"]
 
 COMBINATIONS = ("mean", "sum", "last")
@@ -26,9 +28,9 @@ def _matmul(adjacency, x):
 def lightgcn_propagate(adjacency, ego, n_layers, combine="mean"):
     """Propagate ``ego`` ``[n, d]`` ``n_layers`` times over ``adjacency`` ``[n, n]``."""
     if combine not in COMBINATIONS:
-        raise ValueError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
+        raise ConfigError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
     if n_layers < 0:
-        raise ValueError(f"n_layers must be >= 0, got {n_layers}")
+        raise ConfigError(f"n_layers must be >= 0, got {n_layers}")
     layers = [ego]
     x = ego
     for _ in range(n_layers):
@@ -46,7 +48,7 @@ class LightGCN(nn.Module):
     def __init__(self, n_layers=2, combine="mean"):
         super().__init__()
         if combine not in COMBINATIONS:
-            raise ValueError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
+            raise ConfigError(f"combine must be one of {COMBINATIONS}, got {combine!r}")
         self.n_layers = int(n_layers)
         self.combine = combine
 

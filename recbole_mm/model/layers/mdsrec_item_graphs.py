@@ -15,6 +15,7 @@ import warnings
 
 import torch
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.graphs.cache import cached_tensor
 from recbole_mm.graphs.codes import kmeans
 from recbole_mm.graphs.cooccurrence import cooccurrence_matrix, normalize_scipy
@@ -25,7 +26,7 @@ from recbole_mm.graphs.normalize import row_normalize, sym_normalize, to_torch_s
 def check_choice(config, key, choices):
     value = config[key]
     if value not in choices:
-        raise ValueError(f"config key '{key}' must be one of {list(choices)}, got {value!r}.")
+        raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}.")
     return value
 
 
@@ -82,7 +83,7 @@ def build_item_side(config, dataset, modalities):
     window = config["cooc_window"]
     n_neighbours = int(config["knn_k"])
     if n_neighbours < 0:
-        raise ValueError(f"config key 'knn_k' (H) must be >= 0, got {n_neighbours}.")
+        raise ConfigError(f"config key 'knn_k' (H) must be >= 0, got {n_neighbours}.")
     base_key = {"fingerprint": dataset.fingerprint, "n_items": n_items}
     cache_dir = dataset.graph_cache_dir
 
@@ -104,7 +105,7 @@ def build_item_side(config, dataset, modalities):
         mask = dataset.item_feature_mask[m].bool().clone()
         mask[0] = False
         if not mask.any():
-            raise ValueError(f"modality '{m}' has no item with a feature; drop it from config key 'modalities'.")
+            raise ConfigError(f"modality '{m}' has no item with a feature; drop it from config key 'modalities'.")
         if config["use_mrgc"]:
             graph_key = dict(base_key, what="mdsrec-graph", modality=m, H=n_neighbours, knn_self=knn_self,
                              approx=config["knn_approx_dim"], seed=seed,
@@ -126,7 +127,7 @@ def build_item_side(config, dataset, modalities):
             k = int(config["n_centers"])
             n_real = int(mask.sum())
             if k < 1:
-                raise ValueError(f"config key 'n_centers' must be >= 1, got {k}.")
+                raise ConfigError(f"config key 'n_centers' must be >= 1, got {k}.")
             if k > n_real:
                 warnings.warn(f"MDSRec: n_centers={k} exceeds the {n_real} items with modality '{m}'; clamped.")
                 k = n_real

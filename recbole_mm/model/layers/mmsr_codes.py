@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from recbole_mm.errors import ConfigError
 from recbole_mm.graphs.cache import cached_tensor
 from recbole_mm.graphs.codes import modality_codes
 
@@ -114,11 +115,11 @@ def fit_modality_codes(features, valid, fit_mask, dim, n_codes, top_k, reduce="a
         item ids [n_items, 1], -1 where the feature is missing).
     """
     if reduce not in ("ae", "pca"):
-        raise ValueError(f"code_reduce must be 'ae' or 'pca', got {reduce!r}")
+        raise ConfigError(f"code_reduce must be 'ae' or 'pca', got {reduce!r}")
     fit_mask = fit_mask & valid
     if int(fit_mask.sum()) < max(n_codes, 1):
-        raise ValueError(f"only {int(fit_mask.sum())} items can fit {n_codes} codes. Fix: lower code_num "
-                         "or set code_fit_items: all.")
+        raise ConfigError(f"only {int(fit_mask.sum())} items can fit {n_codes} codes. Fix: lower code_num "
+                          "or set code_fit_items: all.")
 
     def build():
         reduced = reduce_modality_features(features, valid, fit_mask, dim, reduce, ae_epochs, ae_lr, seed)

@@ -28,6 +28,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from recbole_mm.errors import ConfigError
+
 REL_NONE, REL_SELF, REL_OUT, REL_IN, REL_BI, REL_HETERO = 0, 1, 2, 3, 4, 5
 
 
@@ -99,7 +101,7 @@ def build_msgraph(
             position (missing modality per position).
     """
     if layout not in ("compact", "identity"):
-        raise ValueError(f"graph_layout must be 'compact' or 'identity', got {layout!r}")
+        raise ConfigError(f"graph_layout must be 'compact' or 'identity', got {layout!r}")
     device = item_seq.device
     batch = item_seq.shape[0]
     lb = max(int(item_seq_len.max().item()), 1)
