@@ -14,9 +14,9 @@ from recbole.config import Config as RecBoleConfig
 
 from recbole_mm import registry
 
-PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
-if not os.path.isdir(PROPERTIES_DIR):  # installed without the source tree: packaged copy
-    PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
+# The default yaml files ship inside the package (package_data in setup.py), so editable and
+# wheel installs find them at the same place; the checkout's top-level ``properties`` is a link here.
+PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 
 
 class ConfigError(ValueError):
