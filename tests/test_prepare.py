@@ -281,8 +281,11 @@ def test_image_features_with_local_vision_model(tmp_path):
                    log=messages.append)
     feats = np.load(folder / "image_feat.npy")
     ids = open(folder / "image_item_ids.txt").read().split()
-    assert ids == ["2", "3", "10"] and feats.shape == (3, 8)
-    assert np.all(feats[1] == 0) and np.abs(feats[0]).sum() > 0  # 3 is unreadable -> missing
+    assert ids == ["2", "10"] and feats.shape == (2, 8)  # 3 is unreadable: no row, so missing
+    from recbole_mm.prepare.encoders import load_image_encoder
+
+    with Image.open(images / "2.png") as img:  # reference: the encoder called directly
+        assert np.allclose(feats[0], load_image_encoder(model)[0]([img.convert("RGB")])[0], atol=1e-6)
     manifest = json.load(open(folder / "prepare_manifest.images.image_feat.json"))
     assert manifest["report"]["unreadable_images"] == 1 and manifest["report"]["items_with_image"] == 2
     prepare_images("shop", str(images), model, str(tmp_path / "data"), show_progress=False,

@@ -71,6 +71,30 @@ def parse_feature_specs(declaration, feature_dir, selected=None):
     return specs
 
 
+FEATURE_SUFFIX = "_feat.npy"
+
+
+def discover_feature_files(folder):
+    """``multimodal_features`` for a folder in MMRec layout: one modality per
+    ``<modality>_feat.npy`` (named by the prefix, sorted by name), with ``<modality>_item_ids.txt``
+    as its ids file when present (else row r = item token r). ``{}`` when there is none."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return {}
+    declaration = {}
+    for name in names:
+        modality = name[: -len(FEATURE_SUFFIX)]
+        if not name.endswith(FEATURE_SUFFIX) or not modality or not os.path.isfile(os.path.join(folder, name)):
+            continue
+        entry = {"file": name}
+        ids = f"{modality}_item_ids.txt"
+        if os.path.isfile(os.path.join(folder, ids)):
+            entry["ids"] = ids
+        declaration[modality] = entry
+    return declaration
+
+
 def file_fingerprint(path):
     """Cheap identity of a file: path, size and modification time."""
     stat = os.stat(path)
