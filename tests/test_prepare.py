@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from recbole.data import data_preparation
 
-from conftest import REPO_ROOT, tiny_run_config
+from conftest import REPO_ROOT, tiny_run_config, tiny_text_model, tiny_vision_model
 from recbole_mm.config import Config
 from recbole_mm.prepare.__main__ import main as prepare_main
 from recbole_mm.prepare.io import PrepareError
@@ -150,37 +150,6 @@ def test_cli_accepts_the_documented_command_and_exits_2_on_error(tmp_path, capsy
                             env={**os.environ, "PYTHONPATH": REPO_ROOT})
     assert result.returncode == 0, result.stderr
     assert os.path.isfile(tmp_path / "dataset" / "mini" / "mini.inter")
-
-
-# ------------------------------------------------------------------------------- local models
-def tiny_text_model(folder):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    os.makedirs(folder, exist_ok=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "glue", "gel", "super", "gloves",
-             "nitrile", "magnet", "red", "blue", "."]
-    with open(os.path.join(folder, "vocab.txt"), "w") as f:
-        f.write("\n".join(words) + "\n")
-    BertTokenizer(os.path.join(folder, "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=16, max_position_embeddings=32)
-    import torch
-
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
-def tiny_vision_model(folder):
-    import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=16)
-    ViTModel(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
-    return folder
 
 
 # ------------------------------------------------------------------------------- UniSRec
