@@ -23,6 +23,11 @@ SCIENTIFIC_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datas
 ML100K_FEATURES = os.path.join(REPO_ROOT, "dataset", "ml-100k")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "packaging: builds the wheel and runs it from a fresh venv "
+                            "(CI runs it; deselect locally with -m 'not packaging')")
+
+
 def tiny_run_config(tmp_path, **overrides):
     """Config dict for a fast, quiet, deterministic RecBole run writing only under tmp_path."""
     config = {

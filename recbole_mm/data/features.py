@@ -77,7 +77,8 @@ FEATURE_SUFFIX = "_feat.npy"
 def discover_feature_files(folder):
     """``multimodal_features`` for a folder in MMRec layout: one modality per
     ``<modality>_feat.npy`` (named by the prefix, sorted by name), with ``<modality>_item_ids.txt``
-    as its ids file when present (else row r = item token r). ``{}`` when there is none."""
+    (or ``<modality>_ids.txt``) as its ids file when present, else row r = item token r.
+    ``{}`` when there is none."""
     try:
         names = sorted(os.listdir(folder))
     except OSError:
@@ -88,9 +89,9 @@ def discover_feature_files(folder):
         if not name.endswith(FEATURE_SUFFIX) or not modality or not os.path.isfile(os.path.join(folder, name)):
             continue
         entry = {"file": name}
-        ids = f"{modality}_item_ids.txt"
-        if os.path.isfile(os.path.join(folder, ids)):
-            entry["ids"] = ids
+        ids = [f for f in (f"{modality}_item_ids.txt", f"{modality}_ids.txt") if os.path.isfile(os.path.join(folder, f))]
+        if ids:
+            entry["ids"] = ids[0]
         declaration[modality] = entry
     return declaration
 
