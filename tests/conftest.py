@@ -148,3 +148,15 @@ def tiny_vision_model(folder):
     ViTModel(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
     return folder
+
+
+def tiny_resnet_model(folder):
+    """A random-init ResNet (two basic stages, 16-d pooled output), saved with its image processor."""
+    import torch
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetModel(config).save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(folder)
+    return folder

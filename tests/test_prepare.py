@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from recbole.data import data_preparation
 
-from conftest import REPO_ROOT, tiny_run_config, tiny_text_model, tiny_vision_model
+from conftest import REPO_ROOT, tiny_resnet_model, tiny_run_config, tiny_text_model, tiny_vision_model
 from recbole_mm.config import Config
 from recbole_mm.prepare.__main__ import main as prepare_main
 from recbole_mm.prepare.io import PrepareError
@@ -230,7 +230,8 @@ def test_text_features_from_item_field(tmp_path):
         prepare_text("shop", "colour", str(tmp_path / "data"), model=model, **QUIET)
 
 
-def test_image_features_with_local_vision_model(tmp_path):
+@pytest.mark.parametrize("build,dim", [(tiny_vision_model, 8), (tiny_resnet_model, 16)])
+def test_image_features_with_local_vision_model(tmp_path, build, dim):
     from PIL import Image
 
     from recbole_mm.prepare.images import prepare_images
@@ -244,13 +245,13 @@ def test_image_features_with_local_vision_model(tmp_path):
     Image.new("RGB", (20, 20), (255, 0, 0)).save(images / "2.png")
     Image.new("RGB", (20, 20), (255, 0, 0)).save(images / "10.JPG", format="JPEG")
     (images / "3.jpg").write_bytes(b"not an image")
-    model = tiny_vision_model(str(tmp_path / "vit"))
+    model = build(str(tmp_path / "vision"))
     messages = []
     prepare_images("shop", str(images), model, str(tmp_path / "data"), show_progress=False,
                    log=messages.append)
     feats = np.load(folder / "image_feat.npy")
     ids = open(folder / "image_item_ids.txt").read().split()
-    assert ids == ["2", "10"] and feats.shape == (2, 8)  # 3 is unreadable: no row, so missing
+    assert ids == ["2", "10"] and feats.shape == (2, dim)  # 3 is unreadable: no row, so missing
     from recbole_mm.prepare.encoders import load_image_encoder
 
     with Image.open(images / "2.png") as img:  # reference: the encoder called directly
