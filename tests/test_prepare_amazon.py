@@ -201,7 +201,7 @@ def test_require_text_and_user_sampling(tmp_path):
 @pytest.mark.parametrize("case,pattern", [
     ("mixed releases", "reviews and meta files of one release"),
     ("wrong --release", "--release 2023"),
-    ("not reviews", "is a JSON object. Fix: --reviews"),
+    ("not reviews", "Python dict. Fix: --reviews"),
     ("images without model", "--image-model"),
     ("k-core too high", "no interaction survives"),
     ("unknown text field", "--text-fields"),

@@ -181,23 +181,24 @@ def _first_records(path, n=5):
     return found
 
 
+def _releases_of(path, classify, fix):
+    """The releases every one of the first readable lines of ``path`` is consistent with."""
+    records = _first_records(path)
+    if not records:
+        raise PrepareError(f"no line among the first 1,000 of {path} is a JSON object or Python dict. Fix: {fix}")
+    found = set(RELEASES)
+    for record, literal in records:
+        found &= classify(record, literal) or set(RELEASES)
+    return found
+
+
 def detect_release(reviews, meta, asked=None):
     """'2014', '2018' or '2023' from the first readable lines of both files; PrepareError when
     the files contradict each other or ``asked``."""
-    review_records = _first_records(reviews)
-    if not review_records:
-        raise PrepareError(f"no line among the first 1,000 of {reviews} is a JSON object. Fix: --reviews "
-                           "takes an Amazon review file (.json/.jsonl, optionally .gz).")
-    from_reviews = set(RELEASES)
-    for record, _ in review_records:
-        from_reviews &= review_release(record) or set(RELEASES)
-    meta_records = _first_records(meta)
-    if not meta_records:
-        raise PrepareError(f"no line among the first 1,000 of {meta} is a JSON object or Python dict. "
-                           "Fix: --meta takes the Amazon metadata file of the same category and release.")
-    from_meta = set(RELEASES)
-    for record, literal in meta_records:
-        from_meta &= meta_release(record, literal) or set(RELEASES)
+    from_reviews = _releases_of(reviews, lambda record, _: review_release(record),
+                                "--reviews takes an Amazon review file (.json/.jsonl, optionally .gz).")
+    from_meta = _releases_of(meta, meta_release, "--meta takes the Amazon metadata file of the same "
+                             "category and release.")
     both = from_reviews & from_meta
     if not both:
         raise PrepareError(f"{reviews} looks like the {'/'.join(sorted(from_reviews))} release but {meta} like "

