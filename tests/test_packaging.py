@@ -21,7 +21,7 @@ def _ignore(folder, names):
 
 
 def _run(args, cwd, env):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{' '.join(map(str, args))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -29,6 +29,7 @@ def _run(args, cwd, env):
 @pytest.mark.packaging
 def test_wheel_in_a_fresh_venv_runs_a_job_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")  # pip never goes online here
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the checkout
     shutil.copytree(REPO_ROOT, source, symlinks=True, ignore=_ignore)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",

@@ -334,7 +334,7 @@ def test_cli_runs_from_the_documented_command(tmp_path):
     reviews_file, meta_file, _ = write_raw(str(tmp_path / "raw"), "2023")
     result = subprocess.run([sys.executable, "-m", "recbole_mm.prepare", "amazon", "--reviews", reviews_file,
                              "--meta", meta_file, "--name", "shop", "--no-text"], cwd=tmp_path,
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO_ROOT})
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO_ROOT}, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "5/5-core (users/items)" in result.stdout and "Amazon 2023" in result.stdout
     assert os.path.isfile(tmp_path / "dataset" / "shop" / "shop.yaml")

@@ -105,7 +105,7 @@ def test_cli_users_and_all_in_a_fresh_process(tmp_path, in_tmp, capsys):
     out = tmp_path / "topk.tsv"
     result = subprocess.run([sys.executable, "-m", "recbole_mm.recommend", "--checkpoint", checkpoint,
                              "--all", "--out", str(out), "--k", "3", "--batch_size", "7"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path)
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
     assert lines[0] == "user_id\trank\titem_id\tscore\ttitle"
