@@ -43,6 +43,12 @@ setup(
     packages=find_packages(include=["recbole_mm", "recbole_mm.*"]),
     install_requires=CORE,
     extras_require=EXTRAS,
-    include_package_data=True,
-    data_files=[("properties", ["properties/overall.yaml"])],
+    # every default yaml and search space travels inside the package (wheel and editable alike)
+    package_data={"recbole_mm": ["properties/*.yaml", "properties/*/*.yaml", "properties/*/*.hyper"]},
+    entry_points={"console_scripts": [
+        "recbole-mm = recbole_mm.cli:main_run",
+        "recbole-mm-hyper = recbole_mm.cli:main_hyper",
+        "recbole-mm-prepare = recbole_mm.prepare.__main__:main",
+        "recbole-mm-recommend = recbole_mm.recommend:main",
+    ]},
 )

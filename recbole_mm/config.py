@@ -1,9 +1,15 @@
 """Config: RecBole's Config with recbole_mm's property files layered in, and checked.
 
-Order, later wins (as in RecBole, plus our three layers):
+Order, later wins (as in RecBole, plus our four layers):
 RecBole internal yaml (overall, model, sample, dataset, quick-start) →
 ``properties/overall.yaml`` → ``properties/model/<Model>.yaml`` →
-``properties/dataset/<dataset>.yaml`` → ``config_file_list`` → ``config_dict`` → command line.
+``properties/dataset/<dataset>.yaml`` (packaged) → ``<data_path>/<dataset>/<dataset>.yaml`` (written
+by ``python -m recbole_mm.prepare`` next to the data, or by hand) → ``config_file_list`` →
+``config_dict`` → command line.
+
+A dataset whose ``multimodal_features`` nobody declares, but whose folder holds
+``<modality>_feat.npy`` files (MMRec layout), gets one modality per such file
+(:func:`recbole_mm.data.features.discover_feature_files`).
 
 Only protocol keys live in our ``overall.yaml`` so RecBole baselines keep their own defaults.
 
@@ -30,9 +36,9 @@ from recbole_mm.checks import require_cross_entropy  # noqa: F401  (re-exported)
 from recbole_mm.errors import ConfigError
 from recbole_mm.utils import writable_folder
 
-PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
-if not os.path.isdir(PROPERTIES_DIR):  # installed without the source tree: packaged copy
-    PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
+# The default yaml files ship inside the package (package_data in setup.py), so editable and
+# wheel installs find them at the same place; the checkout's top-level ``properties`` is a link here.
+PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 
 # Keys that are known although no yaml file declares them.
 EXTRA_KNOWN_KEYS = frozenset({
@@ -133,6 +139,22 @@ def check_keys(keys, model_name=None, where="", allow_unknown=False):
 
 
 
+def _check_yaml_mapping(path):
+    """One ConfigError naming ``path`` when it is not a yaml mapping."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            content = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid yaml: {err}") from None
+    if content is not None and not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value pairs.")
+
+
+def dataset_folder_yaml(data_root, dataset):
+    """``<data_root>/<dataset>/<dataset>.yaml``: the dataset's own config, next to its data."""
+    return os.path.join(data_root, dataset, f"{dataset}.yaml")
+
+
 class Config(RecBoleConfig):
     """RecBole ``Config`` that knows recbole_mm's models and property files.
 
@@ -155,13 +177,7 @@ class Config(RecBoleConfig):
         for path in config_file_list or []:
             if not os.path.isfile(path):
                 raise ConfigError(f"config file not found: {path}. Fix: pass an existing yaml file to --config_files.")
-            with open(path, encoding="utf-8") as handle:
-                try:
-                    content = yaml.safe_load(handle)
-                except yaml.YAMLError as err:
-                    raise ConfigError(f"config file {path} is not valid yaml: {err}") from None
-            if content is not None and not isinstance(content, dict):
-                raise ConfigError(f"config file {path} must hold a mapping of key: value pairs.")
+            _check_yaml_mapping(path)
 
     def _load_config_files(self, file_list):
         merged = {}
@@ -204,15 +220,23 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
+        packaged_dataset_yaml = os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")
         for path in (
             os.path.join(PROPERTIES_DIR, "overall.yaml"),
             os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
-            os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+            packaged_dataset_yaml,
+            None,  # the dataset folder's own yaml: its folder depends on data_path, known only now
         ):
+            is_dataset_yaml = path is None or path == packaged_dataset_yaml
+            if path is None:
+                data_root = self.external_config_dict.get("data_path") or self.internal_config_dict.get("data_path")
+                path = dataset_folder_yaml(data_root or "dataset/", dataset)
+                if os.path.isfile(path):
+                    _check_yaml_mapping(path)
             if not os.path.isfile(path):
                 continue
             loaded = self._update_internal_config_dict(path)
-            if loaded and os.path.basename(os.path.dirname(path)) == "dataset":
+            if loaded and is_dataset_yaml:
                 # RecBole keys its dataset cache on this (module-level) list.
                 self.parameters["Dataset"] += [k for k in loaded if k not in self.parameters["Dataset"]]
         for key in ("multimodal_features", "mm_feature_path", "modalities"):
@@ -232,6 +256,12 @@ class Config(RecBoleConfig):
         if self.final_config_dict.get("mm_feature_path") is None:
             self.final_config_dict["mm_feature_path"] = os.path.join(data_root, self.dataset)
         self._check_metrics()
+        if self.final_config_dict.get("multimodal_features") is None:  # MMRec layout laid out by hand
+            from recbole_mm.data.features import discover_feature_files
+
+            discovered = discover_feature_files(self.final_config_dict["mm_feature_path"])
+            if discovered:
+                self.final_config_dict["multimodal_features"] = discovered
 
     # distributed: gloo on CPU, nccl on GPU, torchrun's environment (recbole_mm/distributed.py)
     def _init_device(self):

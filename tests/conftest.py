@@ -32,6 +32,11 @@ SCIENTIFIC_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datas
 ML100K_FEATURES = os.path.join(REPO_ROOT, "dataset", "ml-100k")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "packaging: builds the wheel and runs it from a fresh venv "
+                            "(CI runs it; deselect locally with -m 'not packaging')")
+
+
 def tiny_run_config(tmp_path, **overrides):
     """Config dict for a fast, quiet, deterministic RecBole run writing only under tmp_path."""
     config = {
@@ -120,3 +125,47 @@ def in_tmp(tmp_path, monkeypatch):
     """Run the test with cwd = tmp_path (RecBole writes log/ and saved/ into cwd)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def tiny_text_model(folder):
+    """A random-init BERT (hidden 8) with a 14-word vocabulary, saved as a local model folder."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "glue", "gel", "super", "gloves",
+             "nitrile", "magnet", "red", "blue", "."]
+    with open(os.path.join(folder, "vocab.txt"), "w") as f:
+        f.write("\n".join(words) + "\n")
+    BertTokenizer(os.path.join(folder, "vocab.txt"), model_max_length=32).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=16, max_position_embeddings=32)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_vision_model(folder):
+    """A random-init ViT (16x16 images, hidden 8), saved with its image processor."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=16)
+    ViTModel(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+def tiny_resnet_model(folder):
+    """A random-init ResNet (two basic stages, 16-d pooled output), saved with its image processor."""
+    import torch
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetModel(config).save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(folder)
+    return folder

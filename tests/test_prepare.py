@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from recbole.data import data_preparation
 
-from conftest import REPO_ROOT, tiny_run_config
+from conftest import REPO_ROOT, tiny_resnet_model, tiny_run_config, tiny_text_model, tiny_vision_model
 from recbole_mm.config import Config
 from recbole_mm.prepare.__main__ import main as prepare_main
 from recbole_mm.prepare.io import PrepareError
@@ -174,37 +174,6 @@ def test_cli_accepts_the_documented_command_and_exits_2_on_error(tmp_path, capsy
     assert os.path.isfile(tmp_path / "dataset" / "mini" / "mini.inter")
 
 
-# ------------------------------------------------------------------------------- local models
-def tiny_text_model(folder):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    os.makedirs(folder, exist_ok=True)
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "glue", "gel", "super", "gloves",
-             "nitrile", "magnet", "red", "blue", "."]
-    with open(os.path.join(folder, "vocab.txt"), "w") as f:
-        f.write("\n".join(words) + "\n")
-    BertTokenizer(os.path.join(folder, "vocab.txt")).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=16, max_position_embeddings=32)
-    import torch
-
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
-def tiny_vision_model(folder):
-    import torch
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=16)
-    ViTModel(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
-    return folder
-
-
 # ------------------------------------------------------------------------------- UniSRec
 def write_unisrec(src, name="uni"):
     os.makedirs(src, exist_ok=True)
@@ -283,7 +252,8 @@ def test_text_features_from_item_field(tmp_path):
         prepare_text("shop", "colour", str(tmp_path / "data"), model=model, **QUIET)
 
 
-def test_image_features_with_local_vision_model(tmp_path):
+@pytest.mark.parametrize("build,dim", [(tiny_vision_model, 8), (tiny_resnet_model, 16)])
+def test_image_features_with_local_vision_model(tmp_path, build, dim):
     from PIL import Image
 
     from recbole_mm.prepare.images import prepare_images
@@ -297,14 +267,17 @@ def test_image_features_with_local_vision_model(tmp_path):
     Image.new("RGB", (20, 20), (255, 0, 0)).save(images / "2.png")
     Image.new("RGB", (20, 20), (255, 0, 0)).save(images / "10.JPG", format="JPEG")
     (images / "3.jpg").write_bytes(b"not an image")
-    model = tiny_vision_model(str(tmp_path / "vit"))
+    model = build(str(tmp_path / "vision"))
     messages = []
     prepare_images("shop", str(images), model, str(tmp_path / "data"), show_progress=False,
                    log=messages.append)
     feats = np.load(folder / "image_feat.npy")
     ids = open(folder / "image_item_ids.txt").read().split()
-    assert ids == ["2", "3", "10"] and feats.shape == (3, 8)
-    assert np.all(feats[1] == 0) and np.abs(feats[0]).sum() > 0  # 3 is unreadable -> missing
+    assert ids == ["2", "10"] and feats.shape == (2, dim)  # 3 is unreadable: no row, so missing
+    from recbole_mm.prepare.encoders import load_image_encoder
+
+    with Image.open(images / "2.png") as img:  # reference: the encoder called directly
+        assert np.allclose(feats[0], load_image_encoder(model)[0]([img.convert("RGB")])[0], atol=1e-6)
     manifest = json.load(open(folder / "prepare_manifest.images.image_feat.json"))
     assert manifest["report"]["unreadable_images"] == 1 and manifest["report"]["items_with_image"] == 2
     prepare_images("shop", str(images), model, str(tmp_path / "data"), show_progress=False,

@@ -179,6 +179,13 @@ class MultimodalSequentialDataset(SequentialDataset):
         items[seq_ptr[users] + positions] = targets
         self._user_sequence_ptr, self._user_sequence_items = seq_ptr, items
 
+    def user_sequences(self):
+        """``(ptr, items)``: user ``u``'s whole time-ordered sequence (training, validation and
+        test items, internal ids) is ``items[ptr[u]:ptr[u + 1]]``. Available after ``build()``."""
+        if self._user_sequence_ptr is None:
+            raise DatasetError("user sequences exist after build() on a leave-one-out/time-ordered dataset.")
+        return self._user_sequence_ptr, self._user_sequence_items
+
     def history_before(self, users, positions):
         """Items each row's user interacted with before its target (the target itself excluded).
 

@@ -85,6 +85,29 @@ def configured_feature_specs(config):
 
     return parse_feature_specs(config["multimodal_features"], config["mm_feature_path"], config["modalities"],
                                raw=raw_modalities(config))
+FEATURE_SUFFIX = "_feat.npy"
+
+
+def discover_feature_files(folder):
+    """``multimodal_features`` for a folder in MMRec layout: one modality per
+    ``<modality>_feat.npy`` (named by the prefix, sorted by name), with ``<modality>_item_ids.txt``
+    (or ``<modality>_ids.txt``) as its ids file when present, else row r = item token r.
+    ``{}`` when there is none."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return {}
+    declaration = {}
+    for name in names:
+        modality = name[: -len(FEATURE_SUFFIX)]
+        if not name.endswith(FEATURE_SUFFIX) or not modality or not os.path.isfile(os.path.join(folder, name)):
+            continue
+        entry = {"file": name}
+        ids = [f for f in (f"{modality}_item_ids.txt", f"{modality}_ids.txt") if os.path.isfile(os.path.join(folder, f))]
+        if ids:
+            entry["ids"] = ids[0]
+        declaration[modality] = entry
+    return declaration
 
 
 def file_fingerprint(path):

@@ -4,8 +4,13 @@ Every subcommand validates its input (one clear error naming the file and the fi
 each output atomically (temp file, then ``os.replace``), records a ``prepare_manifest.<command>.json``
 of its sources and options, and does nothing on a rerun with the same inputs (``--force``
 redoes it). Outputs go to ``<out>/<NAME>/`` where ``--out`` (alias ``--data_path``) is the
-RecBole data root, default ``dataset``.
+RecBole data root, default ``dataset``. Every command also writes or updates ``NAME.yaml`` there,
+the dataset's config, so ``--dataset=NAME`` runs with no hand-written yaml.
 
+  amazon   --reviews FILE --meta FILE [--images DIR --image-model DIR] --name NAME [--k-core 5]
+           raw Amazon review data, 2014/2018/2023 release (detected) -> NAME.inter (deduplicated,
+           k-core, time-ordered), NAME.item (text fields, image URL), text (and image) features.
+           Details: ``python -m recbole_mm.prepare amazon --help``.
   mmrec    --src DIR --name NAME [--split loo|x_label]
            MMRec folder (NAME.inter with userID itemID rating timestamp x_label, image_feat.npy,
            text_feat.npy; row i = item i) -> NAME.inter (RecBole atomic) + feature copies.
@@ -19,8 +24,9 @@ RecBole data root, default ``dataset``.
            -> text_feat.npy + text_item_ids.txt.
   images   --name NAME --dir DIR --model LOCAL_MODEL_DIR
            image features from DIR/<item token>.<jpg|png|...> with a local transformers vision
-           model -> image_feat.npy + image_item_ids.txt; items without an image get a zero row
-           (marked missing by the dataset).
+           model -> image_feat.npy + image_item_ids.txt; items without a readable image get no
+           row (marked missing by the dataset).
 
-Each command prints the ``multimodal_features`` yaml entry that declares its output.
+Feature encoding (amazon, text, images) is batched, shows a progress bar, resumes after a kill
+and never encodes the same content twice (chunks cached under NAME/feature_cache/).
 """

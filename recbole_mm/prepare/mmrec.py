@@ -11,6 +11,8 @@ Output (``<out>/<NAME>/``, default ``dataset/NAME/``):
   timestamp:float``, rows grouped by user in the order described below;
 - ``image_feat.npy`` / ``text_feat.npy``: float32 copies, row r = item token ``str(r)`` (so
   the dataset yaml declares them without an ``ids`` file);
+- ``NAME.yaml``: the dataset's config (``multimodal_features``), read by recbole_mm for
+  ``--dataset=NAME``;
 - ``prepare_manifest.mmrec.json``: source digests, options and a split report. A rerun with
   the same inputs and options does nothing (``--force`` redoes it).
 
@@ -37,8 +39,9 @@ import os
 
 import numpy as np
 
-from .io import (PrepareError, atomic_write, atomic_save_npy, file_digest, load_feature_matrix,
-                 manifest_matches, progress, require_file, write_manifest)
+from .io import (PrepareError, atomic_write, atomic_save_npy, feature_entry, file_digest,
+                 load_feature_matrix, manifest_matches, progress, require_file, update_dataset_yaml,
+                 write_manifest)
 
 FEATURE_FILES = ("image_feat.npy", "text_feat.npy")
 REPORT_LIMIT = 50
@@ -197,9 +200,10 @@ def convert_mmrec(src, name, out="dataset", split="loo", force=False, show_progr
         report[f"{fname}: used items with a zero row (treated as missing)"] = zero
         atomic_save_npy(os.path.join(out_dir, fname), matrix)
         del matrix
-    outputs = [f"{name}.inter"] + features
+    declared = dict(feature_entry(f) for f in features)  # row r = item token r: no ids file
+    outputs = [f"{name}.inter"] + features + [update_dataset_yaml(out_dir, name, features=declared)]
     write_manifest(out_dir, {"inputs": inputs, "outputs": outputs, "report": report}, "mmrec")
-    log("dataset yaml: multimodal_features: {"
+    log(f"declared in {os.path.join(out_dir, outputs[-1])}: multimodal_features: {{"
         + ", ".join(f"{f[:-9]}: {{file: {f}}}" for f in features) + "}")
     log(f"wrote {out_dir}: {report['interactions']} interactions, {report['users']} users, "
         f"{len(used)} items; features {', '.join(features)}; split '{split}'")

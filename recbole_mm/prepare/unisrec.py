@@ -14,6 +14,8 @@ named. Output (``<out>/<NAME>/``):
   position in the user's sequence (orders items within a user only), so RecBole's
   leave-one-out reproduces UniSRec's valid/test targets;
 - ``NAME.text``: ``item_id:token text:token_seq`` (tabs/newlines in text become spaces);
+- ``NAME.yaml``: the dataset's config (``item_text_file``, ``multimodal_features``), read by
+  recbole_mm for ``--dataset=NAME``;
 - ``text_feat.npy`` (unless ``--no-text``): integer item tokens -> row r = token r (no ids
   file; rows of tokens without text are zero = missing); other tokens -> rows in the order
   of ``text_item_ids.txt``.
@@ -23,8 +25,9 @@ import os
 import numpy as np
 
 from .encoders import encode_texts
-from .io import (PrepareError, atomic_save_npy, atomic_write, atomic_write_text, file_digest,
-                 manifest_matches, progress, require_file, write_manifest)
+from .io import (PrepareError, atomic_save_npy, atomic_write, atomic_write_text, feature_entry,
+                 file_digest, manifest_matches, progress, require_file, update_dataset_yaml,
+                 write_manifest)
 
 SPLITS = ("train", "valid", "test")
 
@@ -126,9 +129,13 @@ def convert_unisrec(src, name, out="dataset", model=None, batch_size=64, text=Tr
         used = {item for seq in sequences.values() for item in seq}
         report["items"] = len(used)
         report["items_without_text"] = len(used - set(texts))
+        settings = {"item_text_file": f"{name}.text"}
+        features = None
         if text:
-            outputs += write_text_features(out_dir, texts, model, batch_size, show_progress, report,
-                                           log)
+            written, features = write_text_features(out_dir, texts, model, batch_size, show_progress,
+                                                    report, log)
+            outputs += written
+        outputs.append(update_dataset_yaml(out_dir, name, settings=settings, features=features))
     write_manifest(out_dir, {"inputs": inputs, "outputs": outputs, "report": report}, "unisrec")
     log(f"wrote {out_dir}: {n_inter} interactions, {len(sequences)} users; "
         f"outputs {', '.join(outputs)}")
@@ -137,7 +144,8 @@ def convert_unisrec(src, name, out="dataset", model=None, batch_size=64, text=Tr
 
 def write_text_features(out_dir, texts, model, batch_size, show_progress, report, log,
                         output="text_feat.npy", ids_name="text_item_ids.txt", integer_rows=True):
-    """Encode ``texts`` (token -> str) and save them; returns the written file names."""
+    """Encode ``texts`` (token -> str) and save them; returns the written file names and the
+    ``multimodal_features`` entry declaring them."""
     tokens = list(texts)
     emb, description = encode_texts([texts[t] for t in tokens], model, batch_size, show_progress)
     report["text_encoder"] = description
@@ -146,10 +154,9 @@ def write_text_features(out_dir, texts, model, batch_size, show_progress, report
         matrix = np.zeros((rows.max() + 1, emb.shape[1]), dtype=np.float32)
         matrix[rows] = emb
         atomic_save_npy(os.path.join(out_dir, output), matrix)
-        log(f"dataset yaml: multimodal_features: {{text: {{file: {output}, dim: {emb.shape[1]}}}}}")
-        return [output]
+        log(f"multimodal_features: {{text: {{file: {output}, dim: {emb.shape[1]}}}}}")
+        return [output], dict([feature_entry(output, dim=emb.shape[1])])
     atomic_save_npy(os.path.join(out_dir, output), emb.astype(np.float32))
     atomic_write_text(os.path.join(out_dir, ids_name), "".join(f"{t}\n" for t in tokens))
-    log(f"dataset yaml: multimodal_features: {{text: {{file: {output}, ids: {ids_name}, "
-        f"dim: {emb.shape[1]}}}}}")
-    return [output, ids_name]
+    log(f"multimodal_features: {{text: {{file: {output}, ids: {ids_name}, dim: {emb.shape[1]}}}}}")
+    return [output, ids_name], dict([feature_entry(output, ids_name, emb.shape[1])])
