@@ -15,7 +15,7 @@ import yaml
 
 from recbole_mm.benchmark.grid import Entry, GridError, load_grid, restrict
 from recbole_mm.benchmark.metrics import paired_t_p, per_user, wilcoxon_p
-from recbole_mm.benchmark.report import build_report, selected_runs
+from recbole_mm.benchmark.report import build_report, cost_report, selected_runs
 from recbole_mm.benchmark.runner import best_trial, expand, run_grid
 from recbole_mm.benchmark.store import ResultStore
 from tests.conftest import REPO_ROOT, write_tiny_dataset
@@ -267,7 +267,9 @@ def _fixture_rows(store):
         rows.append({"key": f"{entry}{seed}", "status": "ok", "entry": entry, "model": "SASRec", "dataset": "d",
                      "seed": seed, "role": "final", "params": {}, "best_valid_score": 0.1, "valid": test, "test": test,
                      "epochs_run": 12, "best_epoch": 1, "stopped_by_patience": True, "valid_curve": [[0, 0.1], [1, 0.2]],
-                     "wall_s": 60.0, "cpu_s": 50.0, "peak_rss_mb": 100.0, "split": split, "ranks": values})
+                     "wall_s": 60.0, "cpu_s": 50.0, "peak_rss_mb": 100.0, "split": split, "ranks": values,
+                     "host": {"cpu": "cpu", "cores": 2, "threads": 1, "load_before": 1.0},
+                     "finished_at": f"2026-12-04T10:0{seed}:00"})
     return rows, ranks
 
 
@@ -301,3 +303,6 @@ def test_report_tables_from_a_fixture_results_file(tmp_path):
     for name in ("leaderboard.png", "curves-d.png", "leaderboard.tex"):
         assert os.path.getsize(tmp_path / "fig" / name) > 0
     assert r"\textbf{" in open(tmp_path / "fig" / "leaderboard.tex").read()
+    cost = cost_report(load_grid(str(grid_path)), store, str(tmp_path / "cost.md"))
+    assert "| d | A | 3 | 12 | 1.0 | 0.8 | 0.04 | 0.10 |" in cost  # 3 runs x 50 s CPU = 0.04 h
+    assert "6 finished runs, **0.1 CPU hours**" in cost

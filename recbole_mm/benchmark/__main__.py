@@ -73,6 +73,7 @@ def report_parser():
     parser.add_argument("--claims", default=None, help="yaml list of paper claims to check against the results")
     parser.add_argument("--intro", default=None, help="Markdown file placed under the title")
     parser.add_argument("--title", default="Results")
+    parser.add_argument("--cost", default=None, help="also write the grid's cost table (CPU hours, memory) here")
     return parser
 
 
@@ -132,7 +133,7 @@ def _report(args):
     import yaml
 
     from recbole_mm.benchmark.grid import load_grid
-    from recbole_mm.benchmark.report import build_report
+    from recbole_mm.benchmark.report import build_report, cost_report
     from recbole_mm.benchmark.store import ResultStore
 
     if not os.path.isfile(args.results):
@@ -145,8 +146,10 @@ def _report(args):
     if args.intro:
         with open(args.intro, encoding="utf-8") as handle:
             intro = handle.read()
-    build_report(load_grid(args.grid), ResultStore(args.results), args.out, figure_dir=args.figures,
-                 title=args.title, intro=intro, claims=claims)
+    grid, store = load_grid(args.grid), ResultStore(args.results)
+    build_report(grid, store, args.out, figure_dir=args.figures, title=args.title, intro=intro, claims=claims)
+    if args.cost:
+        cost_report(grid, store, args.cost)
     print(f"wrote {args.out}" + (f" and figures in {args.figures}" if args.figures else ""))
     return 0
 
