@@ -213,8 +213,9 @@ def test_killed_runner_leaves_whole_rows_and_a_rerun_completes(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 1):
         time.sleep(0.5)
-    os.killpg(runner.pid, signal.SIGKILL)  # the runner and the cell it was running
+    os.kill(runner.pid, signal.SIGKILL)  # the runner alone: its running cell must not outlive it
     runner.wait()
+    assert _processes_mentioning(str(tmp_path)) == []
     store = ResultStore(str(out))
     first = store.rows()
     assert 1 <= len(first) < 3 and all(r["status"] == "ok" for r in first)
@@ -225,6 +226,41 @@ def test_killed_runner_leaves_whole_rows_and_a_rerun_completes(tmp_path):
     rows = store.rows()
     assert sorted(r["seed"] for r in rows) == [1, 2, 3] and [r["key"] for r in rows[:len(first)]] == [r["key"] for r in first]
     assert "torn" not in out.read_text()
+
+
+def _processes_mentioning(text, wait=10.0):
+    """Command lines of live processes containing ``text`` (after up to ``wait`` s to die)."""
+    deadline = time.time() + wait
+    while True:
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline and int(pid) != os.getpid():
+                found.append(cmdline)
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_sigterm_stops_the_runner_and_its_cells(tmp_path):
+    path, data = write_grid(tmp_path, {"SASRec": {}}, seeds=[1])
+    out = tmp_path / "out" / "res.jsonl"
+    runner = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "run_benchmark.py"), "--grid", path,
+                               "--data_path", data["data_path"], "--out", str(out)], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    spec = tmp_path / "out" / "work"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(spec.glob("*/spec.json")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # the cell process is running
+    runner.terminate()
+    assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+    assert _processes_mentioning(str(tmp_path)) == []
+    assert not out.exists() or ResultStore(str(out)).rows() == []  # a stopped cell writes no row
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):

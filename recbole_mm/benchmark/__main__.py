@@ -112,8 +112,16 @@ def main(argv=None):
         return 130
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: running cells are killed, finished rows stay
+
+
 def _run(args):
+    import signal
+
     from recbole_mm.benchmark.runner import run_grid
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from recbole_mm.benchmark.store import ResultStore
 
     grid = build_grid(args)

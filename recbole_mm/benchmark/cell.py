@@ -48,6 +48,29 @@ def main(argv=None):
     return code
 
 
+RUNNING = set()  # process ids of cell processes started by this process (killed on interrupt)
+
+
+def _die_with_parent():
+    """In the child before exec: on Linux, be killed when the thread that started us ends (a runner
+    killed with SIGKILL leaves no orphaned cell behind). Elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_running_cells():
+    """Kill every cell process (and its children) this process started and that still runs."""
+    for pid in list(RUNNING):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def execute_cell(spec, work_dir, timeout=None, log_path=None):
     """Run ``spec`` in a child process inside ``work_dir``; returns a dict with ``result`` or
     ``error``, ``log`` (the child's output), ``wall_s``, ``cpu_s`` and ``peak_rss_mb``."""
@@ -68,16 +91,20 @@ def execute_cell(spec, work_dir, timeout=None, log_path=None):
     with open(log_path, "w", encoding="utf-8") as log:
         child = subprocess.Popen([sys.executable, "-m", "recbole_mm.benchmark.cell", spec_path, result_path],
                                  cwd=work_dir, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=_die_with_parent)
+        RUNNING.add(child.pid)
         timed_out = False
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if timeout and time.time() - start > timeout:
-                os.killpg(child.pid, signal.SIGKILL)
-                timed_out = True
-            time.sleep(0.5)
+        try:
+            while True:
+                pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+                if pid:
+                    break
+                if timeout and time.time() - start > timeout:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    timed_out = True
+                time.sleep(0.5)
+        finally:
+            RUNNING.discard(child.pid)
         child.returncode = os.waitstatus_to_exitcode(status)
     outcome = {"wall_s": round(time.time() - start, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}

@@ -12,7 +12,7 @@ import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from recbole_mm.benchmark.cell import execute_cell
+from recbole_mm.benchmark.cell import execute_cell, stop_running_cells
 from recbole_mm.benchmark.grid import MACHINE_KEYS, GridError, make_cell
 
 
@@ -103,6 +103,11 @@ class LocalExecutor:
     def close(self):
         self.pool.shutdown(wait=True)
 
+    def stop(self):
+        """Kill the running cells (their rows are never written: they rerun next time)."""
+        stop_running_cells()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
 
 def _execute_remote(spec, timeout):
     """A Ray task: the cell in a scratch folder of the worker node; the log comes back whole."""
@@ -141,6 +146,9 @@ class RayExecutor:
 
     def close(self):
         pass
+
+    def stop(self):
+        pass  # Ray cancels the tasks of a driver that exits
 
 
 # ------------------------------------------------------------------ rows
@@ -291,8 +299,10 @@ def run_grid(grid, store, out_dir, workers=1, threads=1, data_paths=None, execut
                 done = total - left
                 log(f"[{done}/{total}] {cell.describe()}: {what}, {outcome['wall_s']:.0f} s | running {len(running)}, "
                     f"left {left}{eta}")
-    finally:
-        pool.close()
+    except BaseException:  # KeyboardInterrupt, SystemExit (SIGTERM): no orphaned cells
+        pool.stop()
+        raise
+    pool.close()
     return n_ok, n_failed
 
 
