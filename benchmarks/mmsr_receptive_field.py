@@ -113,7 +113,7 @@ def markdown(results, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser, dataset="scientific")
-    parser.add_argument("--protocol", default=None, help="protocol yaml (default: the packaged benchmark/protocol.yaml)")
+    parser.add_argument("--protocol", default=None, help="protocol yaml (default: the packaged one)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--keep", type=int, default=2, help="how many of the last items stay (default 2)")
     parser.add_argument("--seed", type=int, default=2020)
