@@ -7,20 +7,21 @@ RecBole's protocol (only PAD masked unless ``mask_history_items: true`` is passe
 Example (from the repository root)::
 
     python benchmarks/bench_idagnostic.py --model IDAgnosticMMSR --dataset scientific \
-        --data_path ../shared/datasets --config '{"epochs": 3, "n_finetune_blocks_text": 1}'
-    python benchmarks/bench_idagnostic.py --model SASRec --dataset scientific --data_path ../shared/datasets
+        --data_path DATA --config '{"epochs": 3, "n_finetune_blocks_text": 1}'
+    python benchmarks/bench_idagnostic.py --model SASRec --dataset scientific --data_path DATA
+
+``DATA`` is the folder holding ``scientific/`` (docs/datasets.md); ml-100k needs none.
 """
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_data_args, data_overrides, run_entry_point
 
 
 def ranks_of_targets(model, loader, device):
@@ -61,8 +62,7 @@ def main():
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", default="scientific")
-    parser.add_argument("--data_path", default=None)
+    add_data_args(parser, dataset="scientific")
     parser.add_argument("--config", default="{}", help="JSON dict of config overrides")
     parser.add_argument("--cold_threshold", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
@@ -70,9 +70,7 @@ def main():
     parser.add_argument("--eval_only", default=None, help="checkpoint to evaluate instead of training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {"show_progress": False, **json.loads(args.config)}
-    if args.data_path:
-        overrides["data_path"] = os.path.abspath(args.data_path)
+    overrides = {"show_progress": False, **data_overrides(args), **json.loads(args.config)}
     config = Config(model=args.model, dataset=args.dataset, config_dict=overrides, parse_argv=False)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -118,4 +116,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

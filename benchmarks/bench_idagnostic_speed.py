@@ -1,7 +1,9 @@
 """Seconds per training step and per full-catalogue encoding of IDAgnosticMMSR, with and without
-the frozen-part cache, on one dataset (default: the shared scientific set, MiniLM text encoder).
+the frozen-part cache, on one dataset (default: ``scientific``, MiniLM text encoder).
 
-    python benchmarks/bench_idagnostic_speed.py --data_path ../shared/datasets --steps 5 --k 1
+    python benchmarks/bench_idagnostic_speed.py --data_path DATA --steps 5 --k 1
+
+``DATA`` is the folder holding ``scientific/`` (docs/datasets.md).
 
 The first step is a warm-up and not timed; steps that meet items not yet cached include the fill
 (in a real run each item is filled once for the whole training). ``item_table_s`` is the cost of
@@ -9,13 +11,12 @@ one evaluation's catalogue encoding once the cache is full.
 """
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_data_args, data_overrides, run_entry_point
 
 
 def main():
@@ -26,15 +27,14 @@ def main():
     from recbole_mm.quick_start import create_dataset
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", default="scientific")
-    parser.add_argument("--data_path", default="../shared/datasets")
+    add_data_args(parser, dataset="scientific")
     parser.add_argument("--k", type=int, default=1, help="n_finetune_blocks_text")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--config", default="{}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {"data_path": os.path.abspath(args.data_path), "n_finetune_blocks_text": args.k,
+    overrides = {**data_overrides(args), "n_finetune_blocks_text": args.k,
                  "embedding_size": 64, "inner_size": 256, "show_progress": False, "state": "ERROR",
                  **json.loads(args.config)}
     config = Config(model="IDAgnosticMMSR", dataset=args.dataset, config_dict=overrides, parse_argv=False)
@@ -73,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

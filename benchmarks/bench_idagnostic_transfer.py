@@ -43,11 +43,8 @@ import time
 import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_idagnostic import hit_ndcg, ranks_of_targets  # noqa: E402  (same ranking and metrics)
+from bench_idagnostic import hit_ndcg, ranks_of_targets  # same ranking and metrics
+from common import REPO, MissingFileError, append_record, data_overrides, data_root, run_entry_point, scratch_dir
 
 COMMON = {
     "modalities": ["text"],
@@ -191,9 +188,7 @@ def run_one(name, dataset, overrides, args):
     if dataset == args.target:
         row["test_per_epoch_pessimistic_ties"] = probe.per_epoch
         row["best_valid_subsets_pessimistic_ties"] = probe.subsets()  # model holds the best weights now
-    with open(args.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row, indent=1), flush=True)
+    append_record(args.out, row, indent=1)
     return row
 
 
@@ -224,11 +219,10 @@ def main():
     parser.add_argument("--source_ckpt", default=None)
     parser.add_argument("--cold_threshold", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", default="/tmp/transfer")
-    parser.add_argument("--out", default="/tmp/transfer/results.jsonl")
+    parser.add_argument("--work", default=scratch_dir("transfer"), help="checkpoints go to WORK/ckpt/")
+    parser.add_argument("--out", default="transfer_results.jsonl")
     args = parser.parse_args()
-    if {"scratch", "transfer"} & set(args.runs) and not args.data_path:
-        parser.error(f"--data_path is required for the scratch and transfer runs (the folder holding {args.target}/)")
+    target_data = data_overrides(args, args.target) if {"scratch", "transfer"} & set(args.runs) else {}
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     extra = json.loads(args.config)
@@ -236,19 +230,21 @@ def main():
         src = {"epochs": args.source_epochs, **extra, **json.loads(args.source_config)}
         if args.source == "ml-100k":  # its text file lives in the repository's dataset/ml-100k
             src.setdefault("mm_feature_path", os.path.join(REPO, "dataset", "ml-100k"))
-        if args.source_data_path:
-            src["data_path"] = os.path.abspath(args.source_data_path)
+        source_root = data_root(args.source_data_path, args.source)
+        if source_root:
+            src["data_path"] = source_root
         row = run_one("source", args.source, src, args)
         args.source_ckpt = args.source_ckpt or row["checkpoint"]
-    target = {"epochs": args.epochs, "data_path": os.path.abspath(args.data_path), **extra}
+    target = {"epochs": args.epochs, **target_data, **extra}
     if "scratch" in args.runs:
         run_one("scratch", args.target, target, args)
     if "transfer" in args.runs:
         ckpt = args.source_ckpt or last_source_ckpt(args.out)
         if not ckpt:
-            sys.exit("no source checkpoint: pass --source_ckpt or run --runs source first")
+            raise MissingFileError(f"no source checkpoint: pass --source_ckpt or run --runs source first "
+                                   f"(--out {args.out} has no source row)")
         run_one("transfer", args.target, {**target, "pretrained_checkpoint": ckpt}, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -9,9 +9,10 @@ Modes, each run in its own subprocess so its peak RSS is its own:
 - ``dense``:  the MMRec way: full ``N x N`` similarity, then ``topk`` (skipped when the
               matrix would exceed ``--dense-max-gb``).
 
-Features: a float32 ``.npy`` (``--features``), e.g. ``image_feat.npy`` written by
-``python ../shared/tools/make_synthetic_mmrec.py --out /tmp/elec --items 63001 --users 2000
---inters 10000`` (item features depend only on --items and the seed's topic structure).
+Features: a float32 ``.npy`` (``--features``), e.g. the 4096-d ``image_feat.npy`` of an
+Elec-scale (63,001 items) or Baby-scale (7,050 items) synthetic set; docs/datasets.md ("Synthetic
+Baby/Elec-scale sets") says how to make one. Only the item count and feature width matter here,
+so a few thousand users and interactions are enough.
 
     python benchmarks/bench_knn.py --features /tmp/elec/image_feat.npy --modes exact,floor,approx
     python benchmarks/bench_knn.py --features /tmp/baby/image_feat.npy --modes exact,floor,approx,dense

@@ -1,6 +1,7 @@
 """MDSRec timing on a Baby-scale synthetic set (docs/benchmarks/mdsrec.md).
 
-    # /tmp/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy)
+    # /tmp/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy;
+    # docs/datasets.md, "Synthetic Baby/Elec-scale sets")
     python -m recbole_mm.prepare mmrec --src /tmp/src --name babyscale --out /tmp/data
     python benchmarks/bench_mdsrec.py --data_path /tmp/data --dataset babyscale --steps 20 \
         [--set '{"embedding_size": 64}'] [--full-epoch] [--threads 1]
@@ -12,8 +13,8 @@ Measures (paper defaults of properties/model/MDSRec.yaml unless --set overrides)
 - the mean time of --steps training steps (Adam) after one warm-up step, extrapolated to one
   epoch, or (--full-epoch) one real epoch through the trainer;
 - one full-sort evaluation of the validation split (all users, all items).
-Wall and process CPU times are both reported (CPU time at --threads 1 is the better estimate
-of an idle single core on a shared machine). Prints one JSON line.
+Wall and process CPU times are both reported (when other processes load the machine, CPU time
+at --threads 1 is the better estimate of an idle single core). Prints one JSON line.
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_data_args, data_overrides, run_entry_point
 
 
 class Clock:
@@ -37,13 +38,13 @@ class Clock:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--dataset", default="babyscale")
+    add_data_args(parser, dataset="babyscale")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--full-epoch", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", default="{}", help="JSON dict of config overrides")
     args = parser.parse_args()
+    data = data_overrides(args)
 
     import torch
 
@@ -58,9 +59,7 @@ def main():
 
     cache_dir = tempfile.mkdtemp(prefix="bench_mdsrec_cache_")
     overrides = {"state": "ERROR", "show_progress": False, "log_wandb": False, "graph_cache_dir": cache_dir,
-                 "checkpoint_dir": os.path.join(cache_dir, "saved"), **json.loads(args.set)}
-    if args.data_path:
-        overrides["data_path"] = args.data_path
+                 "checkpoint_dir": os.path.join(cache_dir, "saved"), **data, **json.loads(args.set)}
     config = Config("MDSRec", args.dataset, config_dict=overrides, parse_argv=False)
     init_seed(config["seed"], True)
     with Clock() as data_clock:
@@ -135,4 +134,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -10,13 +10,11 @@ project protocol (leave-one-out, time order, full ranking, no history masking). 
 per run is appended to ``--out``.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from common import add_data_args, append_record, data_overrides, run_entry_point
 
 SMALL = dict(embedding_size=64, hidden_size=64, inner_size=128, n_layers=2, n_heads=2, MAX_ITEM_LIST_LENGTH=20,
              train_batch_size=512, eval_batch_size=1024, learning_rate=1e-3, stopping_step=5)
@@ -37,15 +35,15 @@ DATASETS = {  # per-dataset settings; H and k from the paper where the dataset i
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="scientific", choices=sorted(DATASETS))
+    add_data_args(parser, dataset="scientific", choices=sorted(DATASETS))
     parser.add_argument("--runs", nargs="+", default=["sasrec", "full"], choices=sorted(RUNS))
-    parser.add_argument("--data_path", default=None, help="folder holding the dataset's folder")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--set", nargs="*", default=[], help="extra key=value overrides (yaml values)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    data = data_overrides(args)
 
     import torch
     import yaml
@@ -60,9 +58,7 @@ def main():
         model, overrides = RUNS[name]
         config = dict(SMALL, epochs=args.epochs, seed=args.seed, show_progress=False, state="INFO",
                       graph_cache_dir=os.path.abspath("graph_cache"),  # never inside the data folder
-                      **DATASETS[args.dataset])
-        if args.data_path:
-            config["data_path"] = args.data_path
+                      **DATASETS[args.dataset], **data)
         if model != "MDSRec":
             config = {k: v for k, v in config.items() if k not in ("knn_k", "n_centers")}
         config.update(overrides)
@@ -71,10 +67,8 @@ def main():
         result = run_recbole_mm(model=model, dataset=args.dataset, config_dict=config, saved=True)
         record = dict(run=name, model=model, dataset=args.dataset, config=config, seconds=round(time.time() - start, 1),
                       valid=dict(result["best_valid_result"]), test=dict(result["test_result"]))
-        with open(args.out, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        print(json.dumps(record), flush=True)
+        append_record(args.out, record)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

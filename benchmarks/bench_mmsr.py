@@ -1,7 +1,11 @@
 """Time MMSR training epochs (and full-sort evaluation) through RecBole's trainer.
 
+    python benchmarks/bench_mmsr.py --data_path DATA --dataset scientific --epochs 2
     python benchmarks/bench_mmsr.py --data_path /tmp/sci2 --dataset scientific2 \
         --modalities image text --epochs 2 --export /tmp/mmsr_official/data
+
+``DATA`` is the folder holding ``scientific/`` (docs/datasets.md); ``scientific2`` is that set with
+a second modality added (docs/benchmarks/mmsr.md says how it was made).
 
 ``--export DIR`` also writes the same training/test rows and the same modality codes in the
 official code's pickle format (``train.pkl``, ``test.pkl``: [sequences, image code lists,
@@ -16,15 +20,13 @@ import sys
 import time
 
 import torch
+from recbole.data import data_preparation
+from recbole.utils import init_seed
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from recbole.data import data_preparation  # noqa: E402
-from recbole.utils import init_seed  # noqa: E402
-
-from recbole_mm import registry  # noqa: E402
-from recbole_mm.config import Config  # noqa: E402
-from recbole_mm.quick_start import create_dataset  # noqa: E402
+from common import add_data_args, data_overrides, run_entry_point, scratch_dir  # first: this checkout on sys.path
+from recbole_mm import registry
+from recbole_mm.config import Config
+from recbole_mm.quick_start import create_dataset
 
 
 def export_official(model, dataset_split, path, n_codes):
@@ -47,8 +49,7 @@ def export_official(model, dataset_split, path, n_codes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", default="../shared/datasets")
-    parser.add_argument("--dataset", default="scientific")
+    add_data_args(parser, dataset="scientific")
     parser.add_argument("--modalities", nargs="+", default=["text"])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--dim", type=int, default=128)
@@ -61,10 +62,12 @@ def main():
     torch.set_num_threads(args.threads)
     features = {m: {"file": f"{m}_feat.npy"} for m in args.modalities}
     config = Config(model="MMSR", dataset=args.dataset, parse_argv=False, config_dict=dict(
-        data_path=args.data_path, multimodal_features=features, load_col={"inter": ["user_id", "item_id", "timestamp"]},
+        **data_overrides(args), multimodal_features=features,
+        load_col={"inter": ["user_id", "item_id", "timestamp"]},
         train_batch_size=args.batch, eval_batch_size=args.batch, embedding_size=args.dim,
         MAX_ITEM_LIST_LENGTH=args.max_len, epochs=args.epochs, show_progress=False, state="WARNING",
-        checkpoint_dir="/tmp/bench_mmsr_saved", graph_cache_dir="/tmp/bench_mmsr_cache", graph_backend=args.backend))
+        checkpoint_dir=scratch_dir("bench_mmsr_saved"), graph_cache_dir=scratch_dir("bench_mmsr_cache"),
+        graph_backend=args.backend))
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -93,4 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -1,25 +1,24 @@
 """Small CPU result runs for docs/results/mmsr.md: MMSR variants beside SASRec on one dataset.
 
-    python benchmarks/bench_mmsr_results.py --dataset scientific --data_path ../shared/datasets \
+    python benchmarks/bench_mmsr_results.py --dataset scientific --data_path DATA \
         --runs MMSR SASRec MMSR:han_mode=ho --out /tmp/mmsr_results.jsonl
 
-A run is ``MODEL[:key=value,...]`` (values parsed as yaml). Every run uses the shared protocol of
+``DATA`` is the folder holding ``scientific/`` (docs/datasets.md); ml-100k needs none.
+A run is ``MODEL[:key=value,...]`` (values parsed as yaml). Every run uses the project protocol of
 properties/overall.yaml (leave-one-out, full ranking, validation-selected checkpoint) plus the
 small setting given by ``--common`` (default: d 64, max length 20, batch 512, <= 20 epochs,
 patience 3). One JSON line per run is appended to ``--out``.
 """
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from recbole_mm.quick_start import run_recbole_mm  # noqa: E402
+from common import add_data_args, append_record, data_overrides, run_entry_point, scratch_dir  # first: this checkout
+from recbole_mm.quick_start import run_recbole_mm
 
 COMMON = ("embedding_size=64,hidden_size=64,inner_size=128,n_layers=1,MAX_ITEM_LIST_LENGTH=20,"
           "train_batch_size=512,eval_batch_size=2048,epochs=20,stopping_step=3")
@@ -47,34 +46,30 @@ def print_table(files):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--data_path", default=None)
+    add_data_args(parser, dataset="ml-100k")
     parser.add_argument("--runs", nargs="+", default=["MMSR", "SASRec"])
     parser.add_argument("--common", default=COMMON)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="/tmp/mmsr_results.jsonl")
+    parser.add_argument("--out", default="mmsr_results.jsonl")
     parser.add_argument("--table", nargs="*", help="print a markdown table of these jsonl files and exit")
     args = parser.parse_args()
     if args.table:
         print_table(args.table)
         return
+    data = data_overrides(args)
     torch.set_num_threads(args.threads)
     for run in args.runs:
         model, _, extra = run.partition(":")
         config = parse(args.common)
         config.update(parse(extra))
-        config.update(show_progress=False, state="INFO", checkpoint_dir="/tmp/mmsr_results_saved")
-        if args.data_path:
-            config["data_path"] = os.path.abspath(args.data_path)
+        config.update(show_progress=False, state="INFO", checkpoint_dir=scratch_dir("mmsr_results_saved"), **data)
         start = time.time()
         result = run_recbole_mm(model=model, dataset=args.dataset, config_dict=config, saved=True)
         record = {"run": run, "dataset": args.dataset, "seconds": round(time.time() - start, 1),
                   "valid": dict(result["best_valid_result"]), "test": dict(result["test_result"]),
                   "config": {k: v for k, v in config.items() if k not in ("show_progress", "state")}}
-        print(json.dumps(record), flush=True)
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(args.out, record)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

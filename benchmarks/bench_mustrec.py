@@ -1,6 +1,7 @@
 """MuSTRec timing on a Baby-scale synthetic set (docs/benchmarks/mustrec.md).
 
-    python /work/shared/tools/make_synthetic_mmrec.py --out /tmp/src --name babyscale
+    # /tmp/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy;
+    # docs/datasets.md, "Synthetic Baby/Elec-scale sets")
     python -m recbole_mm.prepare mmrec --src /tmp/src --name babyscale --out /tmp/data
     python benchmarks/bench_mustrec.py --data_path /tmp/data --dataset babyscale --steps 40
 
@@ -8,22 +9,20 @@ Measures (paper defaults unless --set overrides): model construction (kNN graph,
 graph), the mean time of --steps training steps after a warm-up step (Adam, pruned graph
 resampled once), extrapolated to one epoch (batches per epoch x mean step), and one full-sort
 evaluation of the test split (all users, all items, history masked). Wall time and process CPU
-time are both reported: on a shared machine, CPU time at --threads 1 is the better estimate of
-an idle single-core run. Prints one JSON line.
+time are both reported: when other processes load the machine, CPU time at --threads 1 is the
+better estimate of an idle single-core run. Prints one JSON line.
 """
 import argparse
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import add_data_args, data_overrides, run_entry_point, scratch_dir
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", default=None, help="RecBole data root (not needed for ml-100k)")
-    parser.add_argument("--dataset", default="babyscale")
+    add_data_args(parser, dataset="babyscale")
     parser.add_argument("--model", default="MuSTRec")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
@@ -31,6 +30,7 @@ def main():
     parser.add_argument("--set", default="{}", help="JSON dict of config overrides")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 steps")
     args = parser.parse_args()
+    data = data_overrides(args)
 
     import torch
     torch.set_num_threads(args.threads)
@@ -43,9 +43,7 @@ def main():
 
     overrides = {"state": "ERROR", "show_progress": False, "log_wandb": False,
                  "mask_history_items": True, "use_gpu": args.device != "cpu",
-                 "checkpoint_dir": "/tmp/bench_mustrec_saved", **json.loads(args.set)}
-    if args.data_path:
-        overrides["data_path"] = args.data_path
+                 "checkpoint_dir": scratch_dir("bench_mustrec_saved"), **data, **json.loads(args.set)}
     config = Config(args.model, args.dataset, config_dict=overrides, parse_argv=False)
     init_seed(config["seed"], True)
     start = time.time()
@@ -106,4 +104,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -1,11 +1,12 @@
 """MuSTRec, its variants and SASRec on ml-100k / scientific with one protocol (docs/results/mustrec.md).
 
-    python benchmarks/bench_mustrec_results.py --dataset scientific --out /tmp/mustrec_sci.jsonl
+    python benchmarks/bench_mustrec_results.py --dataset scientific --data_path DATA --out /tmp/mustrec_sci.jsonl
     python benchmarks/bench_mustrec_results.py --dataset ml-100k --runs MuSTRec,SASRec
 
 Protocol: leave-one-out (valid = second-to-last, test = last item), time order, full ranking,
 history masked (`mask_history_items: true`), selection on valid HR@20 (`valid_metric`), the best
 validation epoch's model is tested. One JSON line per run is appended to --out.
+``DATA`` is the folder holding ``scientific/`` (docs/datasets.md); ml-100k needs none.
 """
 import argparse
 import json
@@ -13,7 +14,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import REPO, add_data_args, append_record, data_overrides, run_entry_point, scratch_dir
 
 # name -> (model, overrides)
 RUNS = {
@@ -42,28 +43,26 @@ COMMON = {"hidden_size": 64, "embedding_size": 64, "inner_size": 256, "n_layers"
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="ml-100k", choices=sorted(SETTINGS))
+    add_data_args(parser, dataset="ml-100k", choices=sorted(SETTINGS))
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated names of RUNS")
     parser.add_argument("--out", default="mustrec_results.jsonl")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", default="{}", help="JSON dict of extra overrides for every run")
     args = parser.parse_args()
+    data = data_overrides(args)
 
     import torch
     torch.set_num_threads(args.threads)
     from recbole_mm.quick_start import run_recbole_mm
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in args.runs.split(","):
         model, overrides = RUNS[name]
         # --set may move checkpoint_dir: parallel runs must not share it (RecBole names
         # checkpoints by model and start second)
-        config = {**COMMON, **SETTINGS[args.dataset], **overrides,
-                  "checkpoint_dir": os.path.join("/tmp", "mustrec_results_saved"), **json.loads(args.set)}
-        if args.dataset == "scientific":
-            config.setdefault("data_path", os.path.normpath(os.path.join(repo, "..", "shared", "datasets")))
-        else:
-            config["mm_feature_path"] = os.path.join(repo, "dataset", "ml-100k")
+        config = {**COMMON, **SETTINGS[args.dataset], **overrides, **data,
+                  "checkpoint_dir": scratch_dir("mustrec_results_saved"), **json.loads(args.set)}
+        if args.dataset == "ml-100k":
+            config["mm_feature_path"] = os.path.join(REPO, "dataset", "ml-100k")
         if model == "SASRec":
             config = {k: v for k, v in config.items() if not k.startswith("pretrain")}
             config.update({"loss_type": "CE", "train_neg_sample_args": None})
@@ -72,10 +71,8 @@ def main():
         record = {"name": name, "dataset": args.dataset, "config": {**SETTINGS[args.dataset], **overrides},
                   "valid": dict(result["best_valid_result"] or {}), "test": dict(result["test_result"]),
                   "seconds": round(time.time() - start, 1), "threads": args.threads}
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        print(json.dumps(record), flush=True)
+        append_record(args.out, record)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

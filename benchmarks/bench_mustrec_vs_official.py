@@ -5,7 +5,7 @@
         --dataset babyscale --epochs 6 --out /tmp/mustrec/ours.json
     # the official run writes src/log/MuSTRec-baby-<time>.log; put the two side by side
     python benchmarks/bench_mustrec_vs_official.py compare --ours /tmp/mustrec/ours.json \
-        --official /tmp/official/src/log/MuSTRec-baby-*.log
+        --official OFFICIAL/src/log/MuSTRec-baby-<time>.log
 
 How the official code was made to run on CPU / Python 3.11 is in docs/benchmarks/mustrec.md; its
 patches live outside this project. ``compare`` reads the official log's per-epoch lines
@@ -17,13 +17,12 @@ import argparse
 import ast
 import json
 import logging
-import os
 import re
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import data_root, run_entry_point, scratch_dir
 
 EPOCH_LINE = re.compile(r"epoch (\d+) (training|evaluating) \[time: ([0-9.]+)s")
 METRIC_DICT = re.compile(r"(\{'HR@5'.*?\})")
@@ -49,12 +48,13 @@ def run_ours(args):
     from recbole_mm import quick_start
 
     config = {
-        "data_path": args.data_path, "epochs": args.epochs, "stopping_step": args.epochs, "eval_step": 1,
+        "data_path": data_root(args.data_path, args.dataset),
+        "epochs": args.epochs, "stopping_step": args.epochs, "eval_step": 1,
         "multimodal_features": {"image": {"file": "image_feat.npy"}, "text": {"file": "text_feat.npy"}},
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "mask_history_items": True,
         "metrics": ["Hit", "NDCG", "MRR"], "topk": [10, 20], "valid_metric": "hit@20",
         "show_progress": False, "state": "INFO", "log_wandb": False,
-        "checkpoint_dir": "/tmp/bench_mustrec_vs_official_saved", **json.loads(args.set),
+        "checkpoint_dir": scratch_dir("bench_mustrec_vs_official_saved"), **json.loads(args.set),
     }
     handler = EpochTimes()
     init_logger = quick_start.init_logger
@@ -123,7 +123,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     ours = sub.add_parser("ours", help="train recbole_mm's MuSTRec and record times and metrics")
-    ours.add_argument("--data_path", required=True)
+    ours.add_argument("--data_path", default=None, help="folder holding <dataset>/ (docs/datasets.md)")
     ours.add_argument("--dataset", default="babyscale")
     ours.add_argument("--epochs", type=int, default=6)
     ours.add_argument("--threads", type=int, default=1)
@@ -137,4 +137,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main))

@@ -8,11 +8,12 @@ then, on the test users, compares full-sort scores for the true inputs and for i
 before the last ``keep`` were replaced (same length, same padding): the largest score change,
 the share of users whose top-10 list is unchanged, and test NDCG@10 on both inputs.
 
-    python benchmarks/mmsr_receptive_field.py --data_path ../data --dataset scientific \\
+    python benchmarks/mmsr_receptive_field.py --data_path DATA --dataset scientific \\
         --out benchmarks/results/mmsr_receptive_field.json --markdown docs/results/mmsr_receptive_field.md
 
 Runs: MMSR with 1 layer (the default), 2 layers, 1 invasive layer, and SASRec as a contrast, all
-with the leaderboard protocol file, ``--epochs`` epochs, one seed.
+with the leaderboard protocol file, ``--epochs`` epochs, one seed. ``DATA`` is the folder holding
+``scientific/`` (docs/datasets.md).
 """
 import argparse
 import json
@@ -20,8 +21,9 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
+
+from common import add_data_args, data_overrides, run_entry_point
 
 RUNS = {
     "MMSR, 1 layer (default)": ("MMSR", {"n_layers": 1}),
@@ -110,10 +112,8 @@ def markdown(results, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="scientific")
-    parser.add_argument("--data_path", default="dataset/", help="folder holding <dataset>/")
-    parser.add_argument("--protocol", default=os.path.join(os.path.dirname(__file__), "..", "properties",
-                                                            "benchmark", "protocol.yaml"))
+    add_data_args(parser, dataset="scientific")
+    parser.add_argument("--protocol", default=None, help="protocol yaml (default: the packaged one)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--keep", type=int, default=2, help="how many of the last items stay (default 2)")
     parser.add_argument("--seed", type=int, default=2020)
@@ -122,10 +122,14 @@ def main(argv=None):
     parser.add_argument("--markdown", default=None, help="also write the generated Markdown table here")
     parser.add_argument("--runs", nargs="*", default=list(RUNS), help="subset of: " + "; ".join(RUNS))
     args = parser.parse_args(argv)
+    data = data_overrides(args)
     torch.set_num_threads(args.threads)
     import tempfile
 
     from recbole_mm.benchmark.runner import host_facts
+    from recbole_mm.config import PROPERTIES_DIR
+
+    protocol = os.path.abspath(args.protocol or os.path.join(PROPERTIES_DIR, "benchmark", "protocol.yaml"))
 
     facts = host_facts(args.threads)
     start = time.time()
@@ -134,10 +138,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         for name in args.runs:
             model_name, overrides = RUNS[name]
-            config_dict = {"data_path": os.path.abspath(args.data_path), "epochs": args.epochs, "seed": args.seed,
+            config_dict = {**data, "epochs": args.epochs, "seed": args.seed,
                            "checkpoint_dir": os.path.join(folder, "saved"), "state": "ERROR", **overrides}
-            config, model, trainer, test_data = train(model_name, args.dataset, [os.path.abspath(args.protocol)],
-                                                      config_dict)
+            config, model, trainer, test_data = train(model_name, args.dataset, [protocol], config_dict)
             results["runs"][name] = compare(config, model, trainer, test_data, args.keep, args.seed)
             print(name, json.dumps(results["runs"][name]), flush=True)
     results["wall_s"] = time.time() - start
@@ -151,4 +154,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -9,9 +9,11 @@ Two ways to start it, both ending in :func:`recbole_mm.quick_start.run_recbole_m
   (``LOCAL_RANK``, ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) is read by
   :func:`init_device` and the process group starts with ``env://``.
 
-RecBole 1.2.1 only runs DDP with nccl on GPUs (``../shared/specs/recbole_plugin.md`` section 6).
-Four fixes make it run on CPU as well, applied by ``recbole_mm.config.Config._init_device`` and the
-trainer mixin in ``recbole_mm.trainer`` (lines marked ``# distributed:``):
+RecBole 1.2.1 only runs DDP with nccl on GPUs: its ``Config._init_device`` asserts one GPU id per
+process, hard-codes the nccl backend and calls ``torch.cuda.set_device`` (docs/scaling.md, "What
+RecBole 1.2.1 does and what we change"). Four fixes make it run on CPU as well, applied by
+``recbole_mm.config.Config._init_device`` and the trainer mixin in ``recbole_mm.trainer`` (lines
+marked ``# distributed:``):
 
 1. :func:`init_device`: gloo on CPU (nccl on CUDA, or ``dist_backend``), no GPU-count assertion,
    ``torch.cuda.set_device`` only on GPU;

@@ -7,8 +7,8 @@ Every trial is one ``recbole_mm.quick_start.objective_function`` run (train, sel
 epoch on the validation split, evaluate it on test). Trials are ranked on the **validation**
 score (``valid_metric``); test metrics are recorded but never used for selection.
 
-Why not RecBole's ``HyperTuning`` / ``run_hyper.py --tool Ray`` as is (see
-``../shared/specs/recbole_plugin.md`` section 5): its Ray path asks one GPU per trial and waits
+Why not RecBole's ``HyperTuning`` / ``run_hyper.py --tool Ray`` as is (docs/scaling.md, "Why not
+RecBole's own tuning"): its Ray path asks one GPU per trial and waits
 for ever on a CPU machine, its objective reports test metrics, parses the Ray worker's argv into
 the config and fails on torch>=2.6 checkpoint loading. Here trials build
 ``Config(parse_argv=False)`` with absolute paths (Ray runs a trial inside its own folder), request

@@ -1,14 +1,15 @@
 """Seeded k-means and modality codes (MMSR's item -> top-k centre links; MDSRec's centres).
 
-:func:`kmeans` (shared utility, mdsrec.md 2.4): Euclidean Lloyd iterations on float32 rows,
-k-means++ initialisation from a private ``torch.Generator(seed)``, at most ``iters`` steps,
-stop when the relative decrease of the inertia is below ``tol``; an empty cluster is
-re-seeded with the point farthest from its centre (lowest index on ties). Distances are
-computed in row chunks, so memory is ``O(chunk x c)``. Same inputs + seed = same output.
+:func:`kmeans` (used by MMSR and MDSRec; docs/models/MDSRec.md, Eq. 10): Euclidean Lloyd
+iterations on float32 rows, k-means++ initialisation from a private ``torch.Generator(seed)``,
+at most ``iters`` steps, stop when the relative decrease of the inertia is below ``tol``; an
+empty cluster is re-seeded with the point farthest from its centre (lowest index on ties).
+Distances are computed in row chunks, so memory is ``O(chunk x c)``. Same inputs + seed = same
+output.
 
-:func:`modality_codes` (mmsr.md 1): fit k-means on the rows selected by ``fit_mask`` (the
-training items that have the modality), then link **every** valid item to its ``top_k``
-nearest centres by cosine (``assign='cosine'``) or Euclidean distance (``'euclidean'``), ties
+:func:`modality_codes` (docs/models/MMSR.md, §4.1): fit k-means on the rows selected by
+``fit_mask`` (the training items that have the modality), then link **every** valid item to its
+``top_k`` nearest centres by cosine (``assign='cosine'``) or Euclidean distance (``'euclidean'``), ties
 to the lower centre id. Invalid items (mask False or a zero row; PAD) get code ``-1``.
 """
 import torch

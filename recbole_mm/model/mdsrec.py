@@ -32,6 +32,7 @@ from recbole.utils import InputType
 
 from recbole_mm.checks import require_cross_entropy, select_modalities
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
 
@@ -131,17 +132,7 @@ class MDSRec(SequentialRecommender):
                 attn_scale=check_choice(config, "center_attn_scale", ("head", "model"))) for m in self.modalities})
         self._share_position, self._share_towers = share_position, share_towers
         self._item_table_cache = None
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module):
-        """As RecBole's SASRec: N(0, initializer_range) weights, zero biases, unit LayerNorms."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        self.apply(lambda module: init_sasrec_weights(module, self.initializer_range))  # as RecBole's SASRec
 
     # ------------------------------------------------------------------ item-side tables
     def train(self, mode=True):

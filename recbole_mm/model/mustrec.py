@@ -38,7 +38,8 @@ from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
 from recbole_mm.model.layers.feature_table import FeatureTable
 from recbole_mm.model.layers.frequency_attention import (
-    FrequencyAttentionEncoder, MaskDropout, attention_mask, init_head_weights, right_to_left_padding)
+    FrequencyAttentionEncoder, MaskDropout, attention_mask, right_to_left_padding)
+from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
 from recbole_mm.utils import keyed_randint
 
@@ -199,7 +200,7 @@ class MuSTRec(SequentialRecommender):
             layer_norm_eps=config["layer_norm_eps"], c=config["bsa_c"], alpha=config["bsa_alpha"])
         std = config["initializer_range"]
         for module in (self.position_embedding, self.input_layer_norm, self.encoder):
-            module.apply(lambda m: init_head_weights(m, std))
+            module.apply(lambda m: init_sasrec_weights(m, std))  # sqrt_beta keeps its N(0, 1) draw
         # MuSTRec-S stage 2 tables h_u, h_i: buffers (or trainable copies), so checkpoints keep them
         self.register_buffer("frozen_user", None)
         self.register_buffer("frozen_item", None)

@@ -26,7 +26,7 @@ Split protocol (the decision, documented here once)
     ``--split loo`` (default): order = (timestamp, original row order in the source file).
         ``x_label`` is not used; the manifest counts users whose x_label valid/test rows are not
         their last two rows in this order (MMRec files shuffle rows within a user and Amazon
-        timestamps are day-resolution, see mustrec.md D6).
+        timestamps are day-resolution, see docs/models/MuSTRec.md D6).
     ``--split x_label``: reproduce MMRec's own split. Order = train rows (x_label 0) by
         (timestamp, row), then valid rows (1), then test rows (2). Where that order is not
         already time-sorted the timestamps are raised to the running maximum (the minimal

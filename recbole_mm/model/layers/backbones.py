@@ -19,6 +19,7 @@ from recbole.model.sequential_recommender.nextitnet import ResidualBlock_b
 from torch import nn
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.initialization import init_sasrec_weights
 
 BACKBONES = ("sasrec", "gru4rec", "nextitnet")
 
@@ -33,10 +34,7 @@ class SASRecBackbone(nn.Module):
         self.encoder = TransformerEncoder(n_layers, n_heads, d, inner_size or 4 * d, dropout,
                                           attn_dropout, "relu", 1e-12)
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+            init_sasrec_weights(m)
 
     def forward(self, seq_emb, seq):
         positions = torch.arange(seq.shape[1], device=seq.device)

@@ -28,7 +28,7 @@ from recbole_mm.errors import ConfigError
 __all__ = [
     "FrequencyFilter", "MultiHeadSelfAttention", "PositionwiseFeedForward",
     "FrequencyAttentionBlock", "FrequencyAttentionEncoder", "attention_mask",
-    "right_to_left_padding", "init_head_weights", "MaskDropout",
+    "right_to_left_padding", "MaskDropout",
 ]
 
 MASK_VALUE = -10000.0
@@ -197,16 +197,3 @@ class FrequencyAttentionEncoder(nn.Module):
         return x
 
 
-def init_head_weights(module, std=0.02):
-    """BSARec/SASRec initialisation: Linear/Embedding N(0, std), biases 0, LayerNorm (1, 0).
-
-    Use with ``head.apply(partial(init_head_weights, std=...))``; it leaves the frequency
-    filter's ``sqrt_beta`` (drawn N(0, 1) at construction) untouched.
-    """
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        module.weight.data.normal_(0.0, std)
-    if isinstance(module, nn.LayerNorm):
-        module.weight.data.fill_(1.0)
-        module.bias.data.zero_()
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.data.zero_()

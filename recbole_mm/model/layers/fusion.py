@@ -29,6 +29,7 @@ from recbole.model.layers import TransformerLayer
 from torch import nn
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.initialization import init_sasrec_weights
 
 COARSE = ("sum", "concat", "film", "gate")
 TOKEN_FUSIONS = ("co_attn", "merge_attn")  # attend over the tokens of each modality
@@ -95,13 +96,7 @@ class CoarseFusion(nn.Module):
 
 def _bert_init(module):
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        init_sasrec_weights(m)
 
 
 def _bert_block(d, heads, dropout):
