@@ -19,8 +19,12 @@ torch.autograd.set_detect_anomaly(False)
 torch.set_num_threads(1)  # tiny models: threads only add overhead
 
 def pytest_configure(config):
-    """The known, harmless warnings the command-line entry points hide (recbole_mm.cli)."""
+    """The packaging marker, and the known, harmless warnings the command-line entry points hide
+    (recbole_mm.cli)."""
     from recbole_mm.cli import KNOWN_WARNINGS
+
+    config.addinivalue_line("markers", "packaging: builds the wheel and runs it from a fresh venv "
+                            "(CI runs it; deselect locally with -m 'not packaging')")
 
     for spec in KNOWN_WARNINGS:
         config.addinivalue_line("filterwarnings", ":".join([
@@ -32,9 +36,6 @@ SCIENTIFIC_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datas
 ML100K_FEATURES = os.path.join(REPO_ROOT, "dataset", "ml-100k")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "packaging: builds the wheel and runs it from a fresh venv "
-                            "(CI runs it; deselect locally with -m 'not packaging')")
 
 
 def tiny_run_config(tmp_path, **overrides):
