@@ -15,7 +15,7 @@ from recbole.utils import EvaluatorType, ModelType, get_environment, init_seed, 
 from recbole_mm import registry
 from recbole_mm.config import Config
 from recbole_mm.data.dataset import MultimodalSequentialDataset, dataset_fingerprint, saved_dataset_path
-from recbole_mm.distributed import stop_cleanly_when_a_rank_is_lost
+from recbole_mm.distributed import is_main_process, stop_cleanly_when_a_rank_is_lost
 from recbole_mm.errors import DatasetError, UserPathError
 from recbole_mm.trainer import load_checkpoint
 from recbole_mm.utils import SealBroken, SealStale, init_logger, read_sealed
@@ -61,7 +61,7 @@ def create_dataset(config):
     dataset = _load_saved_dataset(config)
     if dataset is None:
         dataset = MultimodalSequentialDataset(config)
-        if config["save_dataset"]:
+        if config["save_dataset"] and is_main_process(config):  # DDP: one writer
             dataset.save()
     return dataset
 

@@ -229,7 +229,8 @@ def test_benchmark_cell_of_a_killed_node_fails_and_reruns(cluster, workspace):
     assert not [pid for pid in cells if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     rows = [json.loads(line) for line in (workspace / "results" / "grid.jsonl").read_text().splitlines()]
     failed = [r for r in rows if r["status"] == "failed"]
-    assert len(rows) == 2 and len(failed) == 1 and failed[0]["error"].startswith("cell lost: its Ray worker or node died")
+    assert len(rows) == 2 and len(failed) == 1
+    assert failed[0]["error"].startswith("cell lost: its Ray worker or node died")
     (ok,) = [r for r in rows if r["status"] == "ok"]
     assert ok["host"]["ray_node"] == ids["node_a"]
     # the next run retries the failed cell only
