@@ -30,20 +30,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray keeps 127.0.0.1 instead of the outward address
-PROTOCOL = """\
-epochs: 1
-show_progress: false
-state: ERROR
-embedding_size: 16
-hidden_size: 16
-inner_size: 32
-n_layers: 1
-n_heads: 1
-MAX_ITEM_LIST_LENGTH: 10
-train_batch_size: 256
-save_dataset: false
-load_col: {inter: [user_id, item_id, timestamp]}
-"""
 
 
 def run(command, cwd, env):
@@ -138,7 +124,7 @@ def main():
     parser.add_argument("--part", choices=["ray", "torchrun", "both"], default="both")
     parser.add_argument("--model", default="MuSTRec", help="model of the torchrun part")
     args = parser.parse_args()
-    from conftest import write_tiny_dataset
+    from conftest import TINY_PROTOCOL, write_tiny_dataset
 
     work = tempfile.mkdtemp(prefix="bench-scaling-")
     env = {**os.environ, **LOOPBACK, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
@@ -147,7 +133,7 @@ def main():
     try:
         write_tiny_dataset(os.path.join(work, "data"), n_users=40, n_items=40, seed=1)
         with open(os.path.join(work, "tiny.yaml"), "w") as handle:
-            handle.write(PROTOCOL)
+            handle.write(TINY_PROTOCOL)
         if args.part in ("ray", "both"):
             result["ray"] = ray_part(work, env)
         if args.part in ("torchrun", "both"):

@@ -23,24 +23,11 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, write_tiny_dataset
+from conftest import REPO_ROOT, TINY_PROTOCOL, write_tiny_dataset
 from recbole_mm.trainer import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-TINY_PROTOCOL = """\
-epochs: 1
-show_progress: false
-state: ERROR
-hidden_size: 16
-inner_size: 32
-n_layers: 1
-n_heads: 1
-MAX_ITEM_LIST_LENGTH: 10
-train_batch_size: 256
-save_dataset: false
-load_col: {inter: [user_id, item_id, timestamp]}
-"""
 WAIT_S = 180  # upper bound of every wait below (a broken run fails instead of hanging)
 
 
