@@ -18,9 +18,9 @@ a rebuild that overwrites it, so a damaged cache is never used.
 
 Concurrent builders (the ranks of a DDP job, Ray trials, benchmark cells sharing one cache
 folder) build each entry once: the build holds an exclusive lock (``flock``) on a small
-``.<entry>.lock`` file next to the entry; a process that finds the lock taken waits for it, then
-loads what the holder wrote. The lock is released by the kernel when its holder dies, so a
-killed build never blocks the next one. Where the filesystem offers no ``flock`` (or off Linux
+``.<entry>.lock`` file next to the entry, removed once the entry is written; a process that finds
+the lock taken waits for it, then loads what the holder wrote. The kernel releases the lock when
+its holder dies, so a killed build never blocks the next one. Where the filesystem offers no ``flock`` (or off Linux
 and macOS) every process builds for itself, which costs time but is still safe (atomic writes).
 
 The stored value can be anything ``torch.save`` pickles (tensors, tuples, dicts, scipy
@@ -166,7 +166,8 @@ def _build_lock(path):
         yield
         return
     folder, base = os.path.split(path)
-    with open(os.path.join(folder, f".{base}.lock"), "a+b") as handle:
+    lock_path = os.path.join(folder, f".{base}.lock")
+    with open(lock_path, "a+b") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         except OSError:  # no flock on this filesystem: build without a lock (atomic writes stay safe)
@@ -174,6 +175,9 @@ def _build_lock(path):
             return
         try:
             yield
+            if os.path.exists(path):  # built: the lock file goes (a waiter holding it open finds the entry)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock_path)
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
