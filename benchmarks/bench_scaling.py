@@ -5,8 +5,8 @@
 Everything runs on one machine over loopback, on the tiny synthetic set of the tests (40 users,
 40 items) with tiny models, so the numbers are the fixed costs of each engine, not training speed:
 
-* ray: a two-node Ray cluster (Ray's ``cluster_utils.Cluster``: head + one worker node, 1 CPU
-  each, bound to 127.0.0.1): seconds to start each node; ``run_hyper.py`` with 4 trials through
+* ray: a two-node Ray cluster (Ray's ``cluster_utils.Cluster``: head on 127.0.0.1, one worker
+  node on 127.0.0.2, 1 CPU each): seconds to start each node; ``run_hyper.py`` with 4 trials through
   hyperopt (in process) and through Ray Tune attached with ``--ray_address``; ``run_benchmark.py``
   with 4 cells on 2 local workers and on the two Ray nodes; whole-command wall times and the
   per-trial / per-cell times the results files record.
@@ -47,14 +47,15 @@ def ray_part(work, env):
     with open(os.path.join(work, "lr.hyper"), "w") as handle:
         handle.write("learning_rate choice [0.001,0.002,0.005,0.01]\n")
     temp = tempfile.mkdtemp(prefix="rmm-ray-")  # short: Ray's socket paths must stay under 108 bytes
-    node = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "num_cpus": 1}
+    node = {"temp_dir": temp, "num_cpus": 1}
     out = {}
     start = time.time()
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
     out["head_node_start_s"] = round(time.time() - start, 1)
     try:
         start = time.time()
-        cluster.add_node(**node)
+        cluster.add_node(**node, node_ip_address="127.0.0.2")  # its own address, as a second machine
         cluster.wait_for_nodes()
         out["second_node_start_s"] = round(time.time() - start, 1)
         hyper = [os.path.join(REPO, "run_hyper.py"), "--model=SASRec", "--dataset=tiny", "--data_path=data",

@@ -1,12 +1,15 @@
 """Ray on a two-node cluster: search trials and benchmark cells spread over both nodes, and a
 node killed mid-run loses only its own trial or cell.
 
-The cluster is Ray's own test utility (``ray.cluster_utils.Cluster``) on this machine, bound to
-127.0.0.1: a head node (1 CPU, custom resource ``node_a``) and a worker node (1 CPU, ``node_b``),
-each with its own raylet and worker processes. ``run_hyper.py`` and ``run_benchmark.py`` run as
-separate driver processes attached with ``--ray_address``, as a user attaches them to a real
-cluster. A trial or cell asks for 1 CPU, so two run at once, necessarily one per node. Killing a
-node is :meth:`Cluster.remove_node` without grace: its raylet and workers are killed.
+The cluster is Ray's own test utility (``ray.cluster_utils.Cluster``) on this machine, on
+loopback addresses only: a head node on 127.0.0.1 (1 CPU, custom resource ``node_a``) and a
+worker node on 127.0.0.2 (1 CPU, ``node_b``), each with its own raylet and worker processes, as
+two machines would have their own addresses. ``run_hyper.py`` and ``run_benchmark.py`` run as
+separate driver processes on 127.0.0.1 attached with ``--ray_address``, as a user attaches them
+to a real cluster from its head machine (a driver joins the raylet of its own address: were both
+nodes on one address, it could join node_b's and die with it). A trial or cell asks for 1 CPU,
+so two run at once, necessarily one per node. Killing a node is :meth:`Cluster.remove_node`
+without grace: its raylet and workers are killed.
 
 Ray replaces 127.0.0.1 in an address by the machine's outward IP address unless
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (then it keeps loopback); the module sets it for the nodes
@@ -28,6 +31,7 @@ from recbole_mm.trainer import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+HEAD_IP, SECOND_IP = "127.0.0.1", "127.0.0.2"  # Linux answers on all of 127.0.0.0/8
 WAIT_S = 180  # upper bound of every wait below (a broken run fails instead of hanging)
 
 
@@ -37,16 +41,16 @@ class TwoNodes:
     def __init__(self, temp_dir):
         from ray.cluster_utils import Cluster
 
-        self.node_args = {"node_ip_address": "127.0.0.1", "temp_dir": temp_dir, "num_cpus": 1}
+        self.node_args = {"temp_dir": temp_dir, "num_cpus": 1}
         self.cluster = Cluster(initialize_head=True, shutdown_at_exit=True, head_node_args={
-            **self.node_args, "resources": {"node_a": 1}, "include_dashboard": False})
+            **self.node_args, "node_ip_address": HEAD_IP, "resources": {"node_a": 1}, "include_dashboard": False})
         self.address = self.cluster.address
         self.node_b = None
         self.add_node_b()
 
     def add_node_b(self):
         if self.node_b is None:
-            self.node_b = self.cluster.add_node(**self.node_args, resources={"node_b": 1})
+            self.node_b = self.cluster.add_node(**self.node_args, node_ip_address=SECOND_IP, resources={"node_b": 1})
             self.cluster.wait_for_nodes()
 
     def kill_node_b(self):
@@ -101,6 +105,8 @@ class TwoNodes:
 def cluster():
     pytest.importorskip("ray")
     pytest.importorskip("psutil")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("a second loopback address (127.0.0.2) is a Linux feature")
     temp_dir = tempfile.mkdtemp(prefix="rmm-ray-")  # short: Ray's socket paths must stay under 108 bytes
     with pytest.MonkeyPatch.context() as patch:
         for name, value in LOOPBACK.items():
@@ -159,8 +165,8 @@ def test_search_trials_spread_over_both_nodes_with_absolute_paths(cluster, works
     assert code == 0, output
     saved = json.loads((workspace / "out" / "search.json").read_text())
     assert [t["status"] for t in saved["trials"]] == ["ok", "ok"]
-    assert {t["node"]["id"] for t in saved["trials"]} == {ids["node_a"], ids["node_b"]}
-    assert all(t["node"]["ip"] == "127.0.0.1" for t in saved["trials"])
+    assert {(t["node"]["id"], t["node"]["ip"]) for t in saved["trials"]} == {(ids["node_a"], HEAD_IP),
+                                                                             (ids["node_b"], SECOND_IP)}
     # each trial ran in Ray's trial folder, yet read the data given relative to the driver's folder
     for trial in saved["trials"]:
         folder = workspace / "out" / "search" / "checkpoints" / trial["trial"]
