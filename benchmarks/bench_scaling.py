@@ -73,8 +73,10 @@ def ray_part(work, env):
             with open(os.path.join(work, "b", f"{executor}.jsonl"), encoding="utf-8") as handle:
                 out[f"grid_{executor}_cell_s"] = [json.loads(line)["wall_s"] for line in handle]
     finally:
+        from conftest import shutdown_ray_cluster
+
         start = time.time()
-        cluster.shutdown()
+        shutdown_ray_cluster(cluster)
         out["cluster_shutdown_s"] = round(time.time() - start, 1)
         shutil.rmtree(temp, ignore_errors=True)
     return out

@@ -78,6 +78,20 @@ load_col: {inter: [user_id, item_id, timestamp]}
 """
 
 
+def shutdown_ray_cluster(cluster):
+    """``ray.cluster_utils.Cluster.shutdown`` plus a kill of whatever of its processes outlives it
+    (a node's dashboard agent can, when its raylet is killed)."""
+    import psutil
+
+    started = psutil.Process().children(recursive=True)
+    cluster.shutdown()
+    for process in started:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
 def write_tiny_dataset(root, name="tiny", n_users=30, n_items=40, seq_len=(5, 9), seed=0,
                        dims=None, shuffle_tokens=True, with_ids=False):
     """Write ``root/name/name.inter`` plus feature files; returns a dict describing them.

@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_PROTOCOL, write_tiny_dataset
+from conftest import REPO_ROOT, TINY_PROTOCOL, shutdown_ray_cluster, write_tiny_dataset
 from recbole_mm.trainer import load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -90,15 +90,7 @@ class TwoNodes:
         raise AssertionError(f"nothing matching '{marker}' ran on node_b (driver exit code {driver.poll()})")
 
     def shutdown(self):
-        import psutil
-
-        started = psutil.Process().children(recursive=True)  # raylets, GCS, workers, cells
-        self.cluster.shutdown()
-        for process in started:  # whatever outlived the shutdown
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
+        shutdown_ray_cluster(self.cluster)
 
 
 @pytest.fixture(scope="module")
