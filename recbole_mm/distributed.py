@@ -28,9 +28,10 @@ gathered from all ranks. See ``docs/scaling.md`` for measured agreement with one
 """
 import contextlib
 import os
+import re
 import socket
 
-from recbole_mm.errors import ConfigError
+from recbole_mm.errors import ConfigError, RecBoleMMError
 
 TORCHRUN_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -96,7 +97,7 @@ def init_device(config_dict):
         init_method = config_dict.get("dist_init_method") or f"tcp://{config_dict['ip']}:{config_dict['port']}"
         dist.init_process_group(backend=backend, init_method=init_method,
                                 rank=local_rank + int(config_dict.get("offset") or 0),
-                                world_size=int(config_dict["world_size"]))
+                                world_size=int(config_dict["world_size"]), timeout=collective_timeout(config_dict))
     if use_cuda:
         torch.cuda.set_device(local_rank)
         config_dict["device"] = torch.device("cuda", local_rank)
@@ -113,8 +114,79 @@ def init_device(config_dict):
     return True
 
 
+def collective_timeout(config_dict):
+    """``dist_timeout`` (seconds) as the process group's timeout: how long a rank waits in one
+    collective for the others before it raises instead of hanging."""
+    import datetime
+
+    seconds = config_dict.get("dist_timeout")
+    seconds = 1800 if seconds is None else seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise DistributedError(f"config key 'dist_timeout' must be a positive number of seconds, got {seconds!r}.")
+    return datetime.timedelta(seconds=seconds)
+
+
+def mean_denominator(count, device=None):
+    """What to divide a sum of ``count`` per-term losses by so that DDP's gradient average is the
+    gradient of the mean over every term of the global batch: ``count`` in one process, the mean
+    count per rank under DDP (for losses whose ranks hold unequal numbers of terms, e.g. valid
+    positions). Under DDP every rank must call it for every batch: it all-reduces the count."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    total = torch.tensor([float(count)], device=device)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
 def is_distributed(config):
     return not config["single_spec"]
+
+
+def global_rank(config):
+    """The rank across every machine (``local_rank`` restarts at 0 on each machine)."""
+    return int(config["local_rank"] or 0) + int(config["offset"] or 0)
+
+
+def is_main_process(config):
+    """True for a single process and for global rank 0: the one process that writes shared files."""
+    return not is_distributed(config) or global_rank(config) == 0
+
+
+class RankLostError(RecBoleMMError):
+    """Another rank of a distributed job died or stopped answering; this rank stops too."""
+
+
+def is_peer_failure(error):
+    """True for the errors a collective raises when another rank is gone: its connection closed
+    (killed process, lost machine) or nothing arrived within ``dist_timeout``."""
+    import torch.distributed as dist
+
+    backend_error = getattr(dist, "DistBackendError", ())
+    text = str(error)
+    return isinstance(error, backend_error) or (isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+                                      "timed out", "Broken pipe", "NCCL communicator was aborted")))
+
+
+@contextlib.contextmanager
+def stop_cleanly_when_a_rank_is_lost(config):
+    """Turn a collective's low-level failure into one :class:`RankLostError` line naming the
+    rank, the cause and what to do (a multi-line gloo/NCCL trace otherwise)."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not is_distributed(config) or not is_peer_failure(err):
+            raise
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(err).split()))  # drop gloo's source location
+        detail = detail.split(". ")[0][:200]
+        raise RankLostError(
+            f"distributed training stopped on rank {global_rank(config)} of {config['world_size']}: another rank "
+            f"died or did not answer within dist_timeout={config['dist_timeout']} s ({detail}). Its log, or "
+            "torchrun's summary, names it. Fix: rerun the job, adding --resume=CHECKPOINT (printed at the start) "
+            "to continue from the last finished epoch.") from None
 
 
 @contextlib.contextmanager

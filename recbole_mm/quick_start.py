@@ -15,6 +15,7 @@ from recbole.utils import EvaluatorType, ModelType, get_environment, init_seed, 
 from recbole_mm import registry
 from recbole_mm.config import Config
 from recbole_mm.data.dataset import MultimodalSequentialDataset, dataset_fingerprint, saved_dataset_path
+from recbole_mm.distributed import is_main_process, stop_cleanly_when_a_rank_is_lost
 from recbole_mm.errors import DatasetError, UserPathError
 from recbole_mm.trainer import load_checkpoint
 from recbole_mm.utils import SealBroken, SealStale, init_logger, read_sealed
@@ -60,7 +61,7 @@ def create_dataset(config):
     dataset = _load_saved_dataset(config)
     if dataset is None:
         dataset = MultimodalSequentialDataset(config)
-        if config["save_dataset"]:
+        if config["save_dataset"] and is_main_process(config):  # DDP: one writer
             dataset.save()
     return dataset
 
@@ -133,18 +134,19 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
     model = _build_model(config, train_data)
     logger.info(model)
 
-    trainer = registry.get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if config["resume"]:
-        trainer.resume_checkpoint(config["resume"])
-    checkpoint = getattr(trainer, "saved_model_file", None) if saved else None
-    if checkpoint:
-        logger.info(f"checkpoint: {checkpoint} (a killed run continues with --resume={checkpoint})")
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    if record_target_ranks:
-        trainer.target_ranks = []
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    with stop_cleanly_when_a_rank_is_lost(config):  # DDP: a dead peer is one error line, not a gloo trace
+        trainer = registry.get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        if config["resume"]:
+            trainer.resume_checkpoint(config["resume"])
+        checkpoint = getattr(trainer, "saved_model_file", None) if saved else None
+        if checkpoint:
+            logger.info(f"checkpoint: {checkpoint} (a killed run continues with --resume={checkpoint})")
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        if record_target_ranks:
+            trainer.target_ranks = []
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")

@@ -144,7 +144,7 @@ class SafeLoadMixin:
 
     # ------------------------------------------------------------ checkpoints
     def _writes_files(self):
-        return self.config["single_spec"] or self.config["local_rank"] == 0
+        return distributed.is_main_process(self.config)  # global rank 0: local_rank is 0 on every machine
 
     # distributed: no rank reads the checkpoint before rank 0 has written it
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):

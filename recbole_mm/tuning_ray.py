@@ -45,12 +45,24 @@ def _ray_trial(sampled, setup, params):
     config_dict["use_gpu"] = bool(gpu_ids)
     trial_setup = TrialSetup(**{**setup.__dict__, "config_dict": config_dict})
     record = run_trial(trial_setup, clean_params(params, sampled), trial_id=session.get_trial_id())
-    report = {"status_ok": record["status"] == "ok", "error": record["error"] or "", "seconds": record["seconds"]}
+    report = {"status_ok": record["status"] == "ok", "error": record["error"] or "", "seconds": record["seconds"],
+              "node": node_facts()}
     if record["status"] == "ok":
         report["valid_score"] = record["valid_score"]
         report.update({f"valid_{k}": v for k, v in record["valid"].items()})
         report.update({f"test_{k}": v for k, v in record["test"].items()})
     session.report(report)
+
+
+def node_facts():
+    """Where this process runs: Ray's node id (unique per node, also for several nodes on one
+    host), the node's IP address and the host name."""
+    import platform
+
+    import ray
+
+    return {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "host": platform.node()}
 
 
 def run_ray(setup, params, algo="random", max_evals=10, bigger=True, seed=2020, cpus_per_trial=1,
@@ -95,9 +107,10 @@ def run_ray(setup, params, algo="random", max_evals=10, bigger=True, seed=2020, 
         records = []
         for index, result in enumerate(grid):
             metrics = result.metrics or {}
-            record = {"trial": metrics.get("trial_id", index), "params": clean_params(params, result.config)}
+            record = {"trial": metrics.get("trial_id", index), "params": clean_params(params, result.config),
+                      "node": metrics.get("node")}
             if result.error is not None or not metrics.get("status_ok"):
-                error = metrics.get("error") or f"{type(result.error).__name__}: {result.error}"
+                error = metrics.get("error") or lost_trial_error(result.error)
                 record.update(status="failed", error=error, seconds=metrics.get("seconds"))
             else:
                 record.update(
@@ -110,6 +123,14 @@ def run_ray(setup, params, algo="random", max_evals=10, bigger=True, seed=2020, 
     finally:
         if started_here:
             ray.shutdown()
+
+
+def lost_trial_error(error):
+    """One line for a trial that never reported: its worker process or its node died (a Python
+    error inside the trial is caught by ``run_trial`` and reported as a failed trial instead)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("Failure #")]
+    detail = " ".join(lines)[:300] or type(error).__name__
+    return f"trial lost: its Ray worker or node died ({detail})"
 
 
 def check_cluster(resources, cpus, gpus, attached):

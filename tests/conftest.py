@@ -62,6 +62,37 @@ def ml100k_config(tmp_path, **overrides):
     return tiny_run_config(tmp_path, mm_feature_path=ML100K_FEATURES, **overrides)
 
 
+# A tiny protocol file for command-line runs (run_hyper.py, run_benchmark.py) on write_tiny_dataset's data.
+TINY_PROTOCOL = """\
+epochs: 1
+show_progress: false
+state: ERROR
+embedding_size: 16
+hidden_size: 16
+inner_size: 32
+n_layers: 1
+n_heads: 1
+MAX_ITEM_LIST_LENGTH: 10
+train_batch_size: 256
+save_dataset: false
+load_col: {inter: [user_id, item_id, timestamp]}
+"""
+
+
+def shutdown_ray_cluster(cluster):
+    """``ray.cluster_utils.Cluster.shutdown`` plus a kill of whatever of its processes outlives it
+    (a node's dashboard agent can, when its raylet is killed)."""
+    import psutil
+
+    started = psutil.Process().children(recursive=True)
+    cluster.shutdown()
+    for process in started:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+
+
 def write_tiny_dataset(root, name="tiny", n_users=30, n_items=40, seq_len=(5, 9), seed=0,
                        dims=None, shuffle_tokens=True, with_ids=False):
     """Write ``root/name/name.inter`` plus feature files; returns a dict describing them.

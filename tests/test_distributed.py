@@ -64,6 +64,65 @@ def test_torchrun_environment_maps_to_recbole_keys():
         "ip": "10.0.0.1", "port": "29500", "dist_init_method": "env://"}
 
 
+def test_only_global_rank_zero_writes_shared_files():
+    single = {"single_spec": True, "local_rank": 0, "offset": 0}
+    assert distributed.is_main_process(single)
+    # torchrun --nnodes=2 --nproc_per_node=1: both machines' processes have local rank 0
+    assert distributed.is_main_process({"single_spec": False, "local_rank": 0, "offset": 0})
+    assert not distributed.is_main_process({"single_spec": False, "local_rank": 0, "offset": 1})
+    assert distributed.global_rank({"single_spec": False, "local_rank": 1, "offset": 4}) == 5
+
+
+def test_dist_timeout_becomes_the_process_group_timeout():
+    import datetime
+
+    assert distributed.collective_timeout({"dist_timeout": 5}) == datetime.timedelta(seconds=5)
+    assert distributed.collective_timeout({}) == datetime.timedelta(minutes=30)  # torch's default
+    for bad in (0, -1, "soon", True):
+        with pytest.raises(DistributedError, match="'dist_timeout' must be a positive number of seconds"):
+            distributed.collective_timeout({"dist_timeout": bad})
+
+
+def test_lost_rank_becomes_one_error_line():
+    config = {"single_spec": False, "local_rank": 0, "offset": 1, "world_size": 2, "dist_timeout": 5}
+    gloo = RuntimeError("[/src/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:1: Connection reset by peer. "
+                        "This is typically caused by a remote worker hanging\nmore")
+    with pytest.raises(distributed.RankLostError) as caught:
+        with distributed.stop_cleanly_when_a_rank_is_lost(config):
+            raise gloo
+    message = str(caught.value)
+    assert message.startswith("distributed training stopped on rank 1 of 2: another rank died or did not answer "
+                              "within dist_timeout=5 s (Read error [127.0.0.1]:1: Connection reset by peer)")
+    assert "\n" not in message and "--resume=" in message
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors pass through unchanged
+        with distributed.stop_cleanly_when_a_rank_is_lost(config):
+            raise RuntimeError("shape mismatch")
+    with pytest.raises(RuntimeError, match="Connection reset"):  # one process: nothing to translate
+        with distributed.stop_cleanly_when_a_rank_is_lost({**config, "single_spec": True}):
+            raise gloo
+
+
+def test_mean_denominator_makes_the_averaged_gradient_the_global_mean(monkeypatch):
+    """Rank 0 holds 1 term, rank 1 holds 3: the mean over ranks of each rank's gradient of
+    sum/denominator equals the gradient of the mean over all 4 terms (per-rank means would
+    weigh rank 0's term 3 times too much)."""
+    terms = [torch.tensor([2.0]), torch.tensor([1.0, 5.0, 3.0])]
+    weight = torch.ones(1, requires_grad=True)
+    assert distributed.mean_denominator(3) == 3  # one process: the plain count
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    grads = []
+    for rank, mine in enumerate(terms):
+        other = len(terms[1 - rank])
+        monkeypatch.setattr(dist, "all_reduce", lambda tensor, other=other: tensor.add_(other))
+        weight.grad = None
+        ((weight * mine).sum() / distributed.mean_denominator(len(mine))).backward()
+        grads.append(weight.grad.clone())
+    averaged = sum(grads) / 2  # what DDP does
+    assert torch.allclose(averaged, torch.cat(terms).mean().reshape(1))
+    assert not torch.allclose(sum(t.mean() for t in terms).reshape(1) / 2, averaged)
+
+
 def test_run_distributed_rejects_bad_requests(monkeypatch):
     with pytest.raises(DistributedError, match="nproc must be a positive integer"):
         launcher.run_distributed("SASRec", "ml-100k", nproc=0)

@@ -151,3 +151,45 @@ def test_cache_files_get_the_mode_open_would_give(tmp_path):
         os.umask(old)
     path, _ = cache_path(tmp_path, "g", {"k": 1})
     assert os.stat(path).st_mode & 0o777 == 0o644  # was 0o600 (private) before
+
+
+def _build_with_peer(folder, barrier, log, out):
+    """One of two processes (DDP ranks, Ray trials) asking for the same entry at the same moment."""
+    def build():
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        import time
+
+        time.sleep(0.5)  # a slow build: the peer arrives while it runs
+        return torch.arange(6.0) * os.getpid()
+
+    barrier.wait()
+    torch.save(cached_tensor(folder, "graph", {"k": 1}, build), out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start method")
+@pytest.mark.parametrize("locked", [True, False])
+def test_two_processes_starting_together_build_once(tmp_path, monkeypatch, locked):
+    import contextlib
+    import multiprocessing
+
+    if not locked:  # the contrast: without the lock both build (so the test can see a double build)
+        monkeypatch.setattr(cache_module, "_build_lock", lambda path: contextlib.nullcontext())
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    log = tmp_path / "builds.txt"
+    outs = [tmp_path / f"out{i}.pt" for i in range(2)]
+    workers = [context.Process(target=_build_with_peer, args=(tmp_path / "cache", barrier, log, out)) for out in outs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    builds = log.read_text().split()
+    values = [torch.load(out) for out in outs]
+    if locked:
+        assert len(builds) == 1 and torch.equal(values[0], values[1])  # the second process loaded the first's build
+        assert torch.equal(values[0], torch.arange(6.0) * int(builds[0]))
+    else:
+        assert len(builds) == 2
+    assert len(os.listdir(tmp_path / "cache")) == 1  # one entry, and no lock file left once it is built

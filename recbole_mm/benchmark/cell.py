@@ -1,7 +1,9 @@
 """One benchmark cell, run in its own process so that memory, threads and failures stay its own.
 
-``python -m recbole_mm.benchmark.cell SPEC.json RESULT.json`` trains and evaluates one cell through
-:func:`recbole_mm.quick_start.run_recbole_mm` and writes the result (or the error) as JSON.
+``python -m recbole_mm.benchmark.cell SPEC.json RESULT.json [PARENT_PID]`` trains and evaluates one cell
+through :func:`recbole_mm.quick_start.run_recbole_mm` and writes the result (or the error) as JSON.
+On Linux the cell dies with the process that started it (PARENT_PID): a killed runner, or a Ray
+worker lost with its node, leaves no cell training on.
 :func:`execute_cell` starts that process and measures it: wall time, CPU time (user + system of
 the process and its children) and peak resident memory, from ``os.wait4``.
 """
@@ -31,8 +33,26 @@ def run_spec(spec):
     }
 
 
+def die_with_parent(parent_pid):
+    """Ask the kernel (Linux ``PR_SET_PDEATHSIG``) to kill this process when its parent dies; exit
+    at once if the parent is already gone. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main(argv=None):
-    spec_path, result_path = (argv or sys.argv[1:])[:2]
+    argv = list(argv or sys.argv[1:])
+    spec_path, result_path = argv[:2]
+    if len(argv) > 2:
+        die_with_parent(int(argv[2]))
     with open(spec_path, encoding="utf-8") as handle:
         spec = json.load(handle)
     try:
@@ -49,17 +69,6 @@ def main(argv=None):
 
 
 RUNNING = set()  # process ids of cell processes started by this process (killed on interrupt)
-
-
-def _die_with_parent():
-    """In the child before exec: on Linux, be killed when the thread that started us ends (a runner
-    killed with SIGKILL leaves no orphaned cell behind). Elsewhere nothing."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def stop_running_cells():
@@ -89,9 +98,10 @@ def execute_cell(spec, work_dir, timeout=None, log_path=None):
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     start = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
-        child = subprocess.Popen([sys.executable, "-m", "recbole_mm.benchmark.cell", spec_path, result_path],
+        child = subprocess.Popen([sys.executable, "-m", "recbole_mm.benchmark.cell", spec_path, result_path,
+                                  str(os.getpid())],
                                  cwd=work_dir, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                 start_new_session=True, preexec_fn=_die_with_parent)
+                                 start_new_session=True)
         RUNNING.add(child.pid)
         timed_out = False
         try:

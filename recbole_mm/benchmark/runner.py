@@ -110,13 +110,16 @@ class LocalExecutor:
 
 
 def _execute_remote(spec, timeout):
-    """A Ray task: the cell in a scratch folder of the worker node; the log comes back whole."""
+    """A Ray task: the cell in a scratch folder of the worker node; the log comes back whole,
+    with the host name and Ray's node id (distinct for several nodes on one host)."""
     import tempfile
+
+    import ray
 
     work_dir = tempfile.mkdtemp(prefix="recbole_mm-cell-")
     try:
         outcome = execute_cell(spec, work_dir, timeout)
-        outcome["node"] = platform.node()
+        outcome.update(node=platform.node(), ray_node=ray.get_runtime_context().get_node_id())
         return outcome
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -130,6 +133,7 @@ class RayExecutor:
         import ray
 
         self.ray = ray
+        self.started = {}
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, log_to_driver=False)
@@ -138,11 +142,24 @@ class RayExecutor:
         self.task = ray.remote(num_cpus=threads, max_retries=0)(_execute_remote)
 
     def submit(self, spec, work_dir, timeout, log_path):
-        return self.task.remote(spec, timeout)
+        handle = self.task.remote(spec, timeout)
+        self.started[handle] = time.time()
+        return handle
 
     def wait_any(self, handles):
         done, _ = self.ray.wait(list(handles), num_returns=1)
-        return [(handle, self.ray.get(handle)) for handle in done]
+        return [(handle, self._outcome(handle)) for handle in done]
+
+    def _outcome(self, handle):
+        """The task's outcome; a task lost with its worker or node becomes a failed cell (retried
+        on the next run) instead of ending the run."""
+        started = self.started.pop(handle)
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayError as err:
+            detail = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+            return {"error": f"cell lost: its Ray worker or node died ({type(err).__name__}: {detail})",
+                    "wall_s": round(time.time() - started, 1), "cpu_s": None, "peak_rss_mb": None, "log": ""}
 
     def close(self):
         pass
@@ -184,7 +201,8 @@ def make_row(cell, outcome, store, facts, version, load_before):
         "config": {k: v for k, v in cell.config_dict.items() if k not in MACHINE_KEYS},
         "protocol_files": [os.path.basename(p) for p in cell.config_files],
         "wall_s": outcome["wall_s"], "cpu_s": outcome["cpu_s"], "peak_rss_mb": outcome["peak_rss_mb"],
-        "host": {**facts, "node": outcome.get("node", facts["node"]), "load_before": load_before},
+        "host": {**facts, "node": outcome.get("node", facts["node"]), "load_before": load_before,
+                 **({"ray_node": outcome["ray_node"]} if "ray_node" in outcome else {})},
         "code": version, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if "error" in outcome:

@@ -16,10 +16,18 @@ checksum, our magic string and exactly the same key must all match; anything els
 missing bytes, another program's file, an older format, a hash collision) triggers a warning and
 a rebuild that overwrites it, so a damaged cache is never used.
 
+Concurrent builders (the ranks of a DDP job, Ray trials, benchmark cells sharing one cache
+folder) build each entry once: the build holds an exclusive lock (``flock``) on a small
+``.<entry>.lock`` file next to the entry, removed once the entry is written; a process that finds
+the lock taken waits for it, then loads what the holder wrote. The kernel releases the lock when
+its holder dies, so a killed build never blocks the next one. Where the filesystem offers no ``flock`` (or off Linux
+and macOS) every process builds for itself, which costs time but is still safe (atomic writes).
+
 The stored value can be anything ``torch.save`` pickles (tensors, tuples, dicts, scipy
 matrices). Files are loaded with ``weights_only=False``: only point ``cache_dir`` at folders
 this project writes.
 """
+import contextlib
 import hashlib
 import io
 import json
@@ -127,15 +135,51 @@ def cached_tensor(cache_dir, name, key, builder, map_location=None):
         return builder()
     os.makedirs(cache_dir, exist_ok=True)
     path, key_text = cache_path(cache_dir, name, key)
-    if os.path.exists(path):
+    value = _try_load(path, key_text)  # the common case, without waiting on a lock
+    if value is None:
+        with _build_lock(path):
+            value = _try_load(path, key_text)  # built by whoever held the lock before us
+            if value is None:
+                value = builder()
+                _save({"magic": _MAGIC, "version": CACHE_VERSION, "key": key_text, "value": value}, path)
+                return value
+    return _move(value, map_location) if map_location is not None else value
+
+
+def _try_load(path, key_text):
+    """The stored value, or None when there is none or it fails its check (then it is rebuilt)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return _load(path, key_text)
+    except Exception as err:  # noqa: BLE001 - corrupt, truncated or foreign: never used, rebuilt
+        warnings.warn(f"graph cache {path} failed its check ({err}); rebuilding it")
+        return None
+
+
+@contextlib.contextmanager
+def _build_lock(path):
+    """Exclusive ``flock`` on ``.<entry>.lock`` beside ``path`` for the duration of one build."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: build without a lock
+        yield
+        return
+    folder, base = os.path.split(path)
+    lock_path = os.path.join(folder, f".{base}.lock")
+    with open(lock_path, "a+b") as handle:
         try:
-            value = _load(path, key_text)
-            return _move(value, map_location) if map_location is not None else value
-        except Exception as err:  # noqa: BLE001 - corrupt, truncated or foreign: never used, rebuilt
-            warnings.warn(f"graph cache {path} failed its check ({err}); rebuilding it")
-    value = builder()
-    _save({"magic": _MAGIC, "version": CACHE_VERSION, "key": key_text, "value": value}, path)
-    return value
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError:  # no flock on this filesystem: build without a lock (atomic writes stay safe)
+            yield
+            return
+        try:
+            yield
+            if os.path.exists(path):  # built: the lock file goes (a waiter holding it open finds the entry)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock_path)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _move(value, device):

@@ -35,6 +35,7 @@ from torch import nn
 from recbole_mm.checks import select_modalities
 from recbole_mm.data.raw_items import (HashWordTokenizer, ImageStore, load_item_image_paths,
                                        load_item_texts, raw_modalities, tokenize_texts)
+from recbole_mm.distributed import mean_denominator
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.backbones import build_backbone
 from recbole_mm.model.layers.encoder_blocks import load_hf_encoder
@@ -360,14 +361,19 @@ class IDAgnosticMMSR(SequentialRecommender):
         return neg
 
     def calculate_loss(self, interaction):
+        """Mean loss over every valid position of the batch. Under DDP the ranks hold unequal
+        numbers of positions, so each divides its sum by the mean count per rank
+        (:func:`recbole_mm.distributed.mean_denominator`): the averaged gradient is that of
+        the whole batch's mean, as in one process."""
         self.invalidate_item_table()
         seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.ITEM_ID]
         if self.dense_train_last_only:
             keep = self._keep_last_windows(interaction)
-            if not keep.any():  # no parameter gets a gradient: the optimizer step is a no-op
-                return torch.zeros((), device=self.device, requires_grad=True)
             seq, seq_len, target = seq[keep], seq_len[keep], target[keep]
+        denominator = mean_denominator(int(seq_len.sum()), self.device)  # valid positions
+        if not len(seq_len) or denominator == 0:  # no parameter gets a gradient: the step is a no-op
+            return torch.zeros((), device=self.device, requires_grad=True)
         seq = seq[:, : int(seq_len.max())]  # trailing pads never change causal states
         batch, length = seq.shape
         rows = torch.arange(batch, device=seq.device)
@@ -375,7 +381,7 @@ class IDAgnosticMMSR(SequentialRecommender):
         next_items[rows, seq_len - 1] = target
         valid = torch.arange(length, device=seq.device).unsqueeze(0) < seq_len.unsqueeze(1)
         if self.loss_type == "CE":
-            return self._cross_entropy_loss(seq, valid, next_items)
+            return self._cross_entropy_loss(seq, valid, next_items) / denominator
         neg = self.sample_negatives(seq, target, valid)
         n = int(valid.sum())
         ids = torch.cat([seq[valid], next_items[valid], neg[valid]])
@@ -386,17 +392,18 @@ class IDAgnosticMMSR(SequentialRecommender):
         states = self._sequence_states(seq, seq_emb)[valid]
         pos_score = (states * vectors[inverse[n : 2 * n]]).sum(-1)
         neg_score = (states * vectors[inverse[2 * n :]]).sum(-1)
-        return (F.binary_cross_entropy_with_logits(pos_score, torch.ones_like(pos_score))
-                + F.binary_cross_entropy_with_logits(neg_score, torch.zeros_like(neg_score)))
+        return (F.binary_cross_entropy_with_logits(pos_score, torch.ones_like(pos_score), reduction="sum")
+                + F.binary_cross_entropy_with_logits(neg_score, torch.zeros_like(neg_score), reduction="sum")
+                ) / denominator
 
     def _cross_entropy_loss(self, seq, valid, next_items):
         """``loss_type: CE``: softmax over every item (PAD excluded) at each valid position, as
-        SASRec's CE; the whole catalogue is encoded with gradients every step."""
+        SASRec's CE, summed; the whole catalogue is encoded with gradients every step."""
         table = self.encode_items(torch.arange(self.n_items, device=seq.device))
         states = self._sequence_states(seq, table[seq])[valid]
         logits = states @ table.t()
         logits[:, 0] = float("-inf")
-        return F.cross_entropy(logits, next_items[valid])
+        return F.cross_entropy(logits, next_items[valid], reduction="sum")
 
     def user_states(self, interaction, table=None):
         """Hidden state at each row's last position, ``[B, d]``."""

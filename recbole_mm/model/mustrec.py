@@ -41,7 +41,7 @@ from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, MaskDropout, attention_mask, right_to_left_padding)
 from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
-from recbole_mm.utils import keyed_randint
+from recbole_mm.utils import atomic_write, keyed_randint
 
 try:  # the foundation's trainer (hooks, safe loading); plain RecBole before it exists
     from recbole_mm.trainer import MMTrainer
@@ -476,9 +476,10 @@ class MuSTRecTrainer(MMTrainer):
         super().fit(train_data, valid_data, verbose, saved=False, show_progress=show_progress, callback_fn=keep_best)
         if "state" in best:
             model.load_state_dict(best["state"])
-        if saved:  # reusable through `pretrained_graph_path`
+        if saved and self._writes_files():  # reusable through `pretrained_graph_path`; one writer under DDP
             path = self.saved_model_file.replace(".pth", "") + "-graph-stage.pth"
-            torch.save({"state_dict": model.state_dict(), "config": self.config}, path)
+            state = {"state_dict": model.state_dict(), "config": self.config}
+            atomic_write(path, lambda handle: torch.save(state, handle))
             self.logger.info(f"MuSTRec-S: graph stage saved to {path}")
         if verbose:
             self.logger.info(f"MuSTRec-S: graph stage done (best valid {self.best_valid_score})")
