@@ -44,6 +44,7 @@ INTERNAL_RAISES = {
     ("recbole_mm.checks", "select_modalities", "error_class"): "the caller's ConfigError subclass",
     ("recbole_mm.tuning", "run_search", "AllTrialsFailed"): "exit code 1 by design (run_hyper prints it)",
     ("recbole_mm.launcher", "_worker", "SystemExit"): "child exits after handing its error to the parent",
+    ("recbole_mm.benchmark.__main__", "_exit_on_sigterm", "SystemExit"): "SIGTERM unwinds the runner like Ctrl-C",
 }
 
 
