@@ -291,8 +291,7 @@ class MuSTRec(SequentialRecommender):
             x = torch.where(token.unsqueeze(-1), user_table[user_ids].unsqueeze(1), x)
             valid = torch.cat([valid.new_zeros(batch, 1), valid], dim=1) | token
         x = self.input_dropout(self.input_layer_norm(x + self.position_embedding.weight.unsqueeze(0)))
-        output = self.encoder(x, attention_mask(valid, causal=True))
-        return output[:, -1]
+        return self.encoder(x, attention_mask(valid, causal=True), last_only=True)  # only h at L-1 is read
 
     # ------------------------------------------------------------------ training
     def sample_negatives(self, users, positions):
