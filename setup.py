@@ -44,7 +44,7 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     # every default yaml and search space travels inside the package (wheel and editable alike)
-    package_data={"recbole_mm": ["properties/*.yaml", "properties/*/*.yaml", "properties/*/*.hyper"]},
+    package_data={"recbole_mm": ["properties/*.yaml", "properties/*/*.yaml", "properties/*/*/*.yaml", "properties/*/*.hyper"]},
     entry_points={"console_scripts": [
         "recbole-mm = recbole_mm.cli:main_run",
         "recbole-mm-hyper = recbole_mm.cli:main_hyper",

@@ -33,7 +33,7 @@ from recbole.utils import InputType
 from recbole_mm.checks import require_cross_entropy, select_modalities
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
-from recbole_mm.model.layers.length_buckets import score_by_length, trim_padding
+from recbole_mm.model.layers.eval_chunks import score_by_length, trim_padding
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
 
 ID_CHANNEL = "id"
@@ -213,7 +213,7 @@ class MDSRec(SequentialRecommender):
 
     def forward(self, item_seq, item_seq_len):
         """Returns (e^s [B,d], {m: ẽ^m [B,d]}, item tables)."""
-        if not self.training:  # trailing PAD columns change nothing without dropout (layers/length_buckets.py)
+        if not self.training:  # trailing PAD columns change nothing without dropout (layers/eval_chunks.py)
             item_seq = trim_padding(item_seq, item_seq_len)
         tables = self.item_tables()
         injected_id, modal, centres = tables

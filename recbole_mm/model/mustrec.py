@@ -36,6 +36,7 @@ from recbole_mm.errors import ConfigError
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
+from recbole_mm.model.layers.eval_chunks import score_in_chunks
 from recbole_mm.model.layers.feature_table import FeatureTable
 from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, MaskDropout, attention_mask, init_head_weights, right_to_left_padding)
@@ -382,8 +383,14 @@ class MuSTRec(SequentialRecommender):
         return scores.masked_fill(items == 0, float("-inf"))
 
     def full_sort_predict(self, interaction):
-        query, item_table = self._user_and_scores_table(interaction)
-        scores = query @ item_table.t()
+        def score_rows(rows):  # evaluation: chunks of rows that fit in cache (layers/eval_chunks.py)
+            query, item_table = self._user_and_scores_table(interaction[rows])
+            return query @ item_table.t()
+
+        if self.training:
+            scores = score_rows(slice(None))
+        else:
+            scores = score_in_chunks(score_rows, len(interaction))
         if self.stage == "graph":  # stage-1 validation: mask the training history
             rows, cols = history_entries(interaction[self.USER_ID], self.history_keys, self.n_items)
             scores[rows, cols] = float("-inf")

@@ -170,11 +170,16 @@ class MultiHeadSelfAttention(nn.Module):
         """``last_only``: queries (and the output) for the last position only."""
         queries = x[:, -1:] if last_only else x
         q, k, v = self._heads(self.query(queries)), self._heads(self.key(x)), self._heads(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + (mask[..., -1:, :] if last_only else mask)
-        batch, length = x.shape[:2]
-        probs = self.attn_dropout(scores.softmax(dim=-1),
-                                  (batch, self.n_heads, length, length) if last_only else None)
-        context = (probs @ v).transpose(1, 2).reshape(queries.shape)
+        mask = mask[..., -1:, :] if last_only else mask
+        if self.training and self.attn_dropout.p > 0:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + mask
+            batch, length = x.shape[:2]
+            probs = self.attn_dropout(scores.softmax(dim=-1),
+                                      (batch, self.n_heads, length, length) if last_only else None)
+            context = probs @ v
+        else:  # no dropout to draw: torch's fused kernel, same scale and additive mask
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        context = context.transpose(1, 2).reshape(queries.shape)
         return self.layer_norm(queries + self.out_dropout(self.output(context), x.shape if last_only else None))
 
 
