@@ -72,7 +72,7 @@ def build(model_name, args, overrides):
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = registry.get_model(model_name)(config, train_data.dataset).to(config["device"])
     trainer = registry.get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-    return config, model, trainer, test_data
+    return config, model, trainer, train_data, test_data
 
 
 def time_evaluation(trainer, model, test_data, reference=False):
@@ -134,7 +134,7 @@ def main():
         per_model = overrides.get(model_name, {}) if any(isinstance(v, dict) and k in args.models
                                                           for k, v in overrides.items()) else overrides
         load_before = os.getloadavg()
-        config, model, trainer, test_data = build(model_name, args, per_model)
+        config, model, trainer, _, test_data = build(model_name, args, per_model)
         runs = [time_evaluation(trainer, model, test_data) for _ in range(args.repeat)]
         result, timing = min(runs, key=lambda run: run[1]["total_s"])
         record = {"model": model_name, "dataset": args.dataset, "threads": args.threads,
