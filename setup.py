@@ -30,6 +30,8 @@ EXTRAS = {
     "wandb": ["wandb"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# knn_backend / kmeans_backend: faiss (optional and approximate, torch stays the reference); not in "all"
+EXTRAS["faiss"] = ["faiss-cpu"]
 # The CPU build checked on the project's machines; GPU users install their own torch>=2.6 instead.
 EXTRAS["cpu"] = ["torch==2.13.0"]
 

@@ -214,6 +214,8 @@ class MuSTRec(SequentialRecommender):
             raise ConfigError(f"MuSTRec: image_weight={self.image_weight} (variant V/T) needs an 'image' "
                               f"modality; the dataset has {self.modalities}. Use `modality_weights` instead")
         k = int(config["knn_k"])
+        backend = _get(config, "knn_backend", "torch")
+        extra = {} if backend == "torch" else {"backend": backend, "seed": self.seed}
 
         def build():
             graphs, alphas = [], []
@@ -222,13 +224,13 @@ class MuSTRec(SequentialRecommender):
                     continue
                 knn = knn_graph(dataset.item_features[name].float(), k, include_self=True,
                                 valid_mask=dataset.item_feature_mask[name],
-                                invalid_rows="self_loop", pad_index=0)
+                                invalid_rows="self_loop", pad_index=0, **extra)
                 graphs.append(sym_normalize(knn))
                 alphas.append(alpha)
             return weighted_sum(graphs, alphas)
 
         key = {"model": "MuSTRec", "fingerprint": getattr(dataset, "fingerprint", None), "k": k,
-               "weights": weights, "version": GRAPH_CODE_VERSION}
+               "weights": weights, "version": GRAPH_CODE_VERSION, **extra}  # torch: the keys of existing caches
         try:
             from recbole_mm.graphs.cache import cached_tensor
         except ImportError:  # pragma: no cover - cache module not available
