@@ -108,3 +108,18 @@ def test_knn_backend_key_reaches_mustrec_item_graph(monkeypatch):
     approximate = build(dataset, knn_backend="faiss").item_item_graph.to_dense()
     assert len(calls) == 2  # one graph per modality
     assert (approximate > 0).float().mean() > 0 and approximate.shape == exact.shape
+
+
+def test_knn_approx_dim_reaches_mustrec_item_graph(monkeypatch):
+    from recbole_mm.graphs import knn as knn_module
+    from test_mustrec import FakeDataset, build
+
+    calls = []
+    real = knn_module._topk_approx
+    monkeypatch.setattr(knn_module, "_topk_approx", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dataset = FakeDataset(n_items=40)
+    exact = build(dataset).item_item_graph.to_dense()
+    assert not calls
+    approximate = build(dataset, knn_approx_dim=4).item_item_graph.to_dense()
+    assert len(calls) == 2  # one graph per modality
+    assert ((approximate > 0) == (exact > 0)).float().mean() > 0.9

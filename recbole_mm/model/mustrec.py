@@ -214,8 +214,10 @@ class MuSTRec(SequentialRecommender):
             raise ConfigError(f"MuSTRec: image_weight={self.image_weight} (variant V/T) needs an 'image' "
                               f"modality; the dataset has {self.modalities}. Use `modality_weights` instead")
         k = int(config["knn_k"])
-        backend = _get(config, "knn_backend", "torch")
+        backend, approx_dim = _get(config, "knn_backend", "torch"), _get(config, "knn_approx_dim")
         extra = {} if backend == "torch" else {"backend": backend, "seed": self.seed}
+        if approx_dim and backend == "torch":
+            extra = {"approx_dim": int(approx_dim), "seed": self.seed}
 
         def build():
             graphs, alphas = [], []
