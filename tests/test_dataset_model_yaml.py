@@ -27,7 +27,7 @@ def config(model, dataset, tmp_path, **overrides):
 def test_ml100k_layer_sets_mdsrec_cpu_sizes_only_there(tmp_path):
     demo = config("MDSRec", "ml-100k", tmp_path)
     assert (demo["embedding_size"], demo["inner_size"], demo["n_centers"]) == (64, 128, 8)
-    assert demo["MAX_ITEM_LIST_LENGTH"] == 20
+    assert demo["MAX_ITEM_LIST_LENGTH"] == 10
     info = write_tiny_dataset(str(tmp_path / "data"))
     other = config("MDSRec", info["name"], tmp_path, data_path=info["data_path"])
     assert (other["embedding_size"], other["inner_size"], other["n_centers"]) == (300, 256, 32)  # paper values
