@@ -1,6 +1,5 @@
-"""Optional faiss backend (knn_backend / kmeans_backend: faiss) against the torch reference.
-
-Skipped when faiss-cpu is not installed; the missing-package error is tested either way.
+"""Optional faiss backend (knn_backend / kmeans_backend: faiss) against the torch reference, and the
+low-rank and PCA helpers (torch.pca_lowrank basis, MMSR's PCA codes). faiss tests skip without faiss-cpu.
 """
 import importlib.util
 
@@ -123,3 +122,20 @@ def test_knn_approx_dim_reaches_mustrec_item_graph(monkeypatch):
     approximate = build(dataset, knn_approx_dim=4).item_item_graph.to_dense()
     assert len(calls) == 2  # one graph per modality
     assert ((approximate > 0) == (exact > 0)).float().mean() > 0.9
+
+
+def test_mmsr_pca_by_scatter_eigenvectors_equals_the_svd_of_the_rows():
+    from recbole_mm.model.layers.mmsr_codes import pca_reduce
+
+    generator = torch.Generator().manual_seed(0)
+    scales = torch.linspace(3.0, 0.1, 12)  # distinct variances: a unique principal basis up to signs
+    x = torch.randn(200, 12, generator=generator) * scales + 1.0
+    fit = torch.ones(200, dtype=torch.bool)
+    fit[:20] = False
+    reduced = pca_reduce(x, fit, 5)  # 180 rows > 12 dimensions: the eigh path
+    centred = (x[fit] - x[fit].mean(0)).double()
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    expected = ((x - x[fit].mean(0)).double() @ vh[:5].T).float()
+    torch.testing.assert_close(reduced.abs(), expected.abs(), atol=1e-4, rtol=1e-4)  # signs fixed separately
+    wide = pca_reduce(x[:, :12].repeat(1, 20), fit, 5)  # 240 dimensions > 180 rows: the SVD path
+    assert wide.shape == (200, 5)
