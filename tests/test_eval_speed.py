@@ -191,3 +191,26 @@ def test_whole_evaluation_metrics_identical_to_the_reference_path(repeating, mon
         reference_paths(patch, model)
         slow = [trainer.evaluate(split, load_best_model=False) for split in (valid, test)]
     assert fast == slow
+
+
+def reference_frequency_forward(layer, x):
+    """The frequency branch as it was written with an FFT pair (its dropout drew ``rand_like`` of
+    the FFT output, whose memory order is [B, d, L])."""
+    spectrum = torch.fft.rfft(x, dim=1, norm="ortho")
+    keep_bins = torch.arange(spectrum.shape[1]) < layer.kept_bins
+    low = torch.fft.irfft(spectrum * keep_bins[None, :, None], n=x.shape[1], dim=1, norm="ortho")
+    mixed = low + layer.sqrt_beta.pow(2) * (x - low)
+    keep = (torch.rand_like(mixed) >= layer.dropout.p).to(x.dtype)
+    return layer.layer_norm(x + mixed * (keep * (1.0 / (1.0 - layer.dropout.p))))
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+def test_frequency_branch_in_training_equals_the_fft_implementation(last_only):
+    torch.manual_seed(0)
+    layer = FrequencyFilter(hidden_size=8, c=3, dropout=0.5, layer_norm_eps=1e-12).train()
+    x = torch.randn(4, 9, 8)
+    torch.manual_seed(3)
+    expected = reference_frequency_forward(layer, x)
+    torch.manual_seed(3)
+    out = layer(x, last_only=last_only)
+    torch.testing.assert_close(out, expected[:, -1:] if last_only else expected, atol=1e-5, rtol=1e-5)

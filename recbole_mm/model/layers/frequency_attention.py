@@ -59,14 +59,21 @@ class MaskDropout(nn.Module):
             raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
 
-    def forward(self, x, full_shape=None):
+    def forward(self, x, full_shape=None, draw_order=None):
         """``full_shape``: ``x`` holds the last ``x.shape[-2]`` rows (dim -2) of a tensor of that
-        shape; the mask is drawn for the whole tensor and sliced (same random stream on CPU)."""
+        shape; the mask is drawn for the whole tensor and sliced (same random stream on CPU).
+        ``draw_order``: a permutation of the dimensions in which the uniform draws fill the mask
+        (memory order), e.g. ``(0, 2, 1)`` fills a ``[B, L, d]`` mask as ``[B, d, L]``."""
         if not self.training or self.p == 0.0:
             return x
         if x.is_cuda:
             return F.dropout(x, self.p, True)
-        draw = torch.rand(full_shape, dtype=x.dtype, device=x.device) if full_shape else torch.rand_like(x)
+        shape = tuple(full_shape or x.shape)
+        if draw_order:
+            draw = torch.rand([shape[i] for i in draw_order], dtype=x.dtype, device=x.device)
+            draw = draw.permute(*sorted(range(len(draw_order)), key=lambda i: draw_order[i]))
+        else:
+            draw = torch.rand(shape, dtype=x.dtype, device=x.device)
         if full_shape:
             draw = draw[..., draw.shape[-2] - x.shape[-2]:, :]
         keep = (draw >= self.p).to(x.dtype)
@@ -142,7 +149,9 @@ class FrequencyFilter(nn.Module):
         low, high = self.split(x, last_only)
         mixed = low + self.sqrt_beta.pow(2) * high
         residual = x[:, -1:] if last_only else x
-        return self.layer_norm(residual + self.dropout(mixed, x.shape if last_only else None))
+        # the mask is drawn in [B, d, L] memory order, the layout of the FFT output this branch had
+        # before the matrix form: the same masks as before, so the same training run
+        return self.layer_norm(residual + self.dropout(mixed, x.shape if last_only else None, draw_order=(0, 2, 1)))
 
 
 class MultiHeadSelfAttention(nn.Module):
