@@ -14,6 +14,7 @@ to the lower centre id. Invalid items (mask False or a zero row; PAD) get code `
 import torch
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.graphs.faiss_support import import_faiss
 
 __all__ = ["kmeans", "modality_codes", "assign_codes"]
 
@@ -61,8 +62,6 @@ def kmeans(x, n_clusters, seed=0, iters=100, tol=1e-4, backend="torch"):
     if not 1 <= n_clusters <= n:
         raise ConfigError(f"kmeans: n_clusters={n_clusters} must be in [1, {n}] (number of rows)")
     if backend == "faiss":
-        from recbole_mm.graphs.knn import import_faiss
-
         faiss = import_faiss("kmeans_backend")
         faiss.omp_set_num_threads(torch.get_num_threads())
         fitted = faiss.Kmeans(x.shape[1], int(n_clusters), niter=max(1, int(iters)), seed=int(seed),

@@ -44,6 +44,7 @@ import warnings
 import torch
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.graphs.faiss_support import import_faiss
 
 __all__ = ["topk_cosine", "knn_graph", "normalize_rows", "default_chunk_size"]
 
@@ -260,16 +261,6 @@ def _topk_approx(x, rows, k_eff, mode, rank, n_cand, seed, out_idx, out_val, pro
         out_idx[rows[q], :k_eff] = rows[union[local]]
         out_val[rows[q], :k_eff] = values
     return out_idx, out_val
-
-
-def import_faiss(what):
-    """The faiss module, or a ConfigError saying how to install it."""
-    try:
-        import faiss
-    except ImportError:
-        raise ConfigError(f"{what}: backend 'faiss' needs the faiss-cpu package. Fix: pip install faiss-cpu "
-                          "(or the recbole_mm[faiss] extra), or use backend 'torch'.") from None
-    return faiss
 
 
 def _topk_faiss(x, rows, k_eff, mode, n_lists, n_probe, seed, out_idx, out_val):

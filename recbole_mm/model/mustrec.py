@@ -37,7 +37,7 @@ from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
 from recbole_mm.model.layers.eval_chunks import score_in_chunks
-from recbole_mm.model.layers.feature_table import FeatureTable
+from recbole_mm.model.layers.feature_table import FeatureTable, check_tables_fit
 from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, MaskDropout, attention_mask, init_head_weights, right_to_left_padding)
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
@@ -167,6 +167,9 @@ class MuSTRec(SequentialRecommender):
                               "in the dataset yaml, or run `variant: B` (no graphs, no features)")
         self.modalities = select_modalities(config, dataset.modalities, "MuSTRec") if need_features else []
         self.feature_tables, self.modal_projections = nn.ModuleDict(), nn.ModuleDict()
+        if self.modal_bpr:  # fail here, not in the first step, when the tables cannot fit
+            check_tables_fit([tuple(dataset.item_features[name].shape) for name in self.modalities],
+                             bool(config["train_raw_features"]), config["device"], "MuSTRec")
         for name in self.modalities if self.modal_bpr else []:
             feats = dataset.item_features[name].float()
             self.feature_tables[name] = FeatureTable(feats, trainable=config["train_raw_features"])
