@@ -93,33 +93,21 @@ def test_pca_lowrank_basis_spans_the_top_singular_subspace_and_is_seeded():
     assert recall(topk_cosine(x, 5)[0], approx_idx) >= 0.95
 
 
-@needs_faiss
-def test_knn_backend_key_reaches_mustrec_item_graph(monkeypatch):
+@pytest.mark.parametrize("path,key,value", [
+    pytest.param("_topk_faiss", "knn_backend", "faiss", marks=needs_faiss),
+    ("_topk_approx", "knn_approx_dim", 4),
+])
+def test_approximate_knn_keys_reach_mustrec_item_graph(monkeypatch, path, key, value):
     from recbole_mm.graphs import knn as knn_module
     from test_mustrec import FakeDataset, build
 
     calls = []
-    real = knn_module._topk_faiss
-    monkeypatch.setattr(knn_module, "_topk_faiss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = getattr(knn_module, path)
+    monkeypatch.setattr(knn_module, path, lambda *a, **k: calls.append(1) or real(*a, **k))
     dataset = FakeDataset(n_items=40)
     exact = build(dataset).item_item_graph.to_dense()
     assert not calls
-    approximate = build(dataset, knn_backend="faiss").item_item_graph.to_dense()
-    assert len(calls) == 2  # one graph per modality
-    assert (approximate > 0).float().mean() > 0 and approximate.shape == exact.shape
-
-
-def test_knn_approx_dim_reaches_mustrec_item_graph(monkeypatch):
-    from recbole_mm.graphs import knn as knn_module
-    from test_mustrec import FakeDataset, build
-
-    calls = []
-    real = knn_module._topk_approx
-    monkeypatch.setattr(knn_module, "_topk_approx", lambda *a, **k: calls.append(1) or real(*a, **k))
-    dataset = FakeDataset(n_items=40)
-    exact = build(dataset).item_item_graph.to_dense()
-    assert not calls
-    approximate = build(dataset, knn_approx_dim=4).item_item_graph.to_dense()
+    approximate = build(dataset, **{key: value}).item_item_graph.to_dense()
     assert len(calls) == 2  # one graph per modality
     assert ((approximate > 0) == (exact > 0)).float().mean() > 0.9
 
