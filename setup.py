@@ -30,6 +30,8 @@ EXTRAS = {
     "wandb": ["wandb"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# knn_backend / kmeans_backend: faiss (optional and approximate, torch stays the reference); not in "all"
+EXTRAS["faiss"] = ["faiss-cpu"]
 # The CPU build checked on the project's machines; GPU users install their own torch>=2.6 instead.
 EXTRAS["cpu"] = ["torch==2.13.0"]
 
@@ -44,7 +46,7 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     # every default yaml and search space travels inside the package (wheel and editable alike)
-    package_data={"recbole_mm": ["properties/*.yaml", "properties/*/*.yaml", "properties/*/*.hyper"]},
+    package_data={"recbole_mm": ["properties/*.yaml", "properties/*/*.yaml", "properties/*/*/*.yaml", "properties/*/*.hyper"]},
     entry_points={"console_scripts": [
         "recbole-mm = recbole_mm.cli:main_run",
         "recbole-mm-hyper = recbole_mm.cli:main_hyper",

@@ -45,7 +45,8 @@ def worker(args):
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    x = torch.from_numpy(np.load(args.features)).to(device)
+    x = np.load(args.features, mmap_mode="r")
+    x = torch.from_numpy(np.ascontiguousarray(x[:args.rows] if args.rows else x)).to(device)
     n, d = x.shape
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     result = {"mode": args.worker, "n": n, "d": d, "k": args.k, "threads": args.threads,
@@ -67,6 +68,8 @@ def worker(args):
                              approx_candidates=args.approx_candidates, seed=0)
         result["approx_dim"] = args.approx_dim
         result["approx_candidates"] = args.approx_candidates or max(8 * args.k, 64)
+    elif args.worker == "faiss":  # optional faiss-cpu: IVF lists, exact cosines of the candidates
+        idx, _ = topk_cosine(x, args.k, backend="faiss", seed=0)
     elif args.worker == "dense":
         xn = normalize_rows(x)
         sim = xn @ xn.T
@@ -78,7 +81,7 @@ def worker(args):
     result["peak_rss_gb"] = round(peak_rss_gb(), 3)
     if device.type == "cuda":
         result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    if args.worker in ("approx", "dense") and os.path.isfile(args.exact_out):
+    if args.worker in ("approx", "dense", "faiss") and os.path.isfile(args.exact_out):
         exact = np.load(args.exact_out)
         got = idx.cpu().numpy()
         hits = sum(len(set(a) & set(b)) for a, b in zip(exact.tolist(), got.tolist()))
@@ -89,7 +92,8 @@ def worker(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", required=True, help="float32 .npy [N, d]")
-    ap.add_argument("--modes", default="exact,floor,approx", help="comma list of exact,floor,approx,dense")
+    ap.add_argument("--modes", default="exact,floor,approx", help="comma list of exact,floor,approx,faiss,dense")
+    ap.add_argument("--rows", type=int, default=None, help="use the first ROWS rows only (e.g. 20000)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -107,6 +111,7 @@ def main():
     import numpy as np
 
     n, d = np.load(args.features, mmap_mode="r").shape
+    n = min(n, args.rows or n)
     exact_out = os.path.join(tempfile.gettempdir(), f"bench_knn_exact_{n}_{d}_{args.k}.npy")
     results = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
@@ -114,7 +119,7 @@ def main():
             print(f"skip dense: {n}x{n} float32 = {n * n * 4 / 2**30:.1f} GB > --dense-max-gb")
             continue
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--exact-out", exact_out]
-        for key in ("features", "k", "threads", "device", "chunk_size", "approx_dim", "approx_candidates"):
+        for key in ("features", "k", "threads", "device", "chunk_size", "approx_dim", "approx_candidates", "rows"):
             value = getattr(args, key)
             if value is not None:
                 cmd += ["--" + key.replace("_", "-"), str(value)]

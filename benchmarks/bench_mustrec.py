@@ -13,7 +13,10 @@ time are both reported: when other processes load the machine, CPU time at --thr
 better estimate of an idle single-core run. Prints one JSON line.
 """
 import argparse
+import datetime
 import json
+import os
+import resource
 import sys
 import time
 
@@ -34,6 +37,7 @@ def main():
 
     import torch
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     from recbole.data import data_preparation
     from recbole.utils import init_seed
 
@@ -99,7 +103,10 @@ def main():
               "step_cpu_s": round(step_cpu_s, 4), "epoch_cpu_s_extrapolated": round(step_cpu_s * n_batches, 1),
               "full_sort_test_eval_cpu_s": round(eval_cpu_s, 2),
               "measured_steps": len(step_times), "full_sort_test_eval_s": round(eval_s, 2),
-              "parameters": params, "test_after_steps": {k: round(v, 4) for k, v in result.items()}}
+              "parameters": params, "test_after_steps": {k: round(v, 4) for k, v in result.items()},
+              "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+              "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(json.dumps(record), flush=True)
 
 

@@ -3,8 +3,10 @@
 Order, later wins (as in RecBole, plus our four layers):
 RecBole internal yaml (overall, model, sample, dataset, quick-start) →
 ``properties/overall.yaml`` → ``properties/model/<Model>.yaml`` →
-``properties/dataset/<dataset>.yaml`` (packaged) → ``<data_path>/<dataset>/<dataset>.yaml`` (written
-by ``python -m recbole_mm.prepare`` next to the data, or by hand) → ``config_file_list`` →
+``properties/dataset/<dataset>.yaml`` (packaged) → ``properties/dataset/<dataset>/<Model>.yaml``
+(packaged settings of one model on one dataset, e.g. CPU-sized widths for the embedded ml-100k demo;
+see :func:`dataset_model_yaml`) → ``<data_path>/<dataset>/<dataset>.yaml`` (written by
+``python -m recbole_mm.prepare`` next to the data, or by hand) → ``config_file_list`` →
 ``config_dict`` → command line.
 
 A dataset whose ``multimodal_features`` nobody declares, but whose folder holds
@@ -83,7 +85,8 @@ def config_yaml_files():
     and the benchmark protocols (``properties/benchmark/*protocol*.yaml``; the grid and claims
     files beside them describe benchmarks, not configs)."""
     patterns = ("overall.yaml", "default_job.yaml", os.path.join("model", "*.yaml"),
-                os.path.join("dataset", "*.yaml"), os.path.join("benchmark", "*protocol*.yaml"))
+                os.path.join("dataset", "*.yaml"), os.path.join("dataset", "*", "*.yaml"),
+                os.path.join("benchmark", "*protocol*.yaml"))
     return sorted(path for pattern in patterns for path in glob.glob(os.path.join(PROPERTIES_DIR, pattern)))
 
 
@@ -148,6 +151,15 @@ def _check_yaml_mapping(path):
             raise ConfigError(f"config file {path} is not valid yaml: {err}") from None
     if content is not None and not isinstance(content, dict):
         raise ConfigError(f"config file {path} must hold a mapping of key: value pairs.")
+
+
+def dataset_model_yaml(dataset, model):
+    """``properties/dataset/<dataset>/<Model>.yaml``: packaged settings of ``model`` on ``dataset``
+    only, loaded right after the dataset's yaml (so the dataset folder's yaml, config files,
+    config_dict and the command line still override them). It holds what a model needs to differ
+    on one dataset, e.g. the CPU-sized widths of the ml-100k demo, while the model's yaml keeps the
+    paper's values for every other dataset."""
+    return os.path.join(PROPERTIES_DIR, "dataset", dataset, f"{model}.yaml")
 
 
 def dataset_folder_yaml(data_root, dataset):
@@ -225,6 +237,7 @@ class Config(RecBoleConfig):
             os.path.join(PROPERTIES_DIR, "overall.yaml"),
             os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
             packaged_dataset_yaml,
+            dataset_model_yaml(dataset, model),
             None,  # the dataset folder's own yaml: its folder depends on data_path, known only now
         ):
             is_dataset_yaml = path is None or path == packaged_dataset_yaml

@@ -27,6 +27,7 @@ import random
 import numpy as np
 import torch
 from recbole.data.interaction import Interaction
+from recbole.evaluator import Collector
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
@@ -104,6 +105,36 @@ def restore_random_state(state, model, train_data=None):
         generator.set_state(state["train_data"])
 
 
+class TopKCollector(Collector):
+    """RecBole's collector with the ``rec.topk`` record built without a dense positive matrix.
+
+    RecBole marks positives in a ``[batch, item_num]`` int matrix per batch, then gathers it at the
+    top-k indices; here the top-k indices are compared with the (deduplicated) positive pairs
+    directly, and the same top-k serves ``rec.items``. Same record, bit for bit (tested against
+    RecBole's collector in tests/test_eval_speed.py); metrics that need the whole score row
+    (``rec.meanrank``, ``rec.score``) take RecBole's path.
+    """
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        need = self.register.need
+        if need("rec.meanrank") or need("rec.score") or not (need("rec.topk") or need("rec.items")):
+            return super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        _, topk_idx = torch.topk(scores_tensor, max(self.topk), dim=-1)
+        if need("rec.items"):
+            self.data_struct.update_tensor("rec.items", topk_idx)
+        if need("rec.topk"):
+            n_rows, n_items = scores_tensor.shape
+            pairs = torch.unique(positive_u.to(topk_idx.device) * n_items + positive_i.to(topk_idx.device))
+            rows, items = pairs // n_items, pairs % n_items
+            pos_idx = torch.zeros_like(topk_idx, dtype=torch.int)
+            pos_idx.index_put_((rows,), (topk_idx[rows] == items[:, None]).int(), accumulate=True)
+            pos_len = torch.bincount(rows, minlength=n_rows).unsqueeze(1)  # int64, as RecBole's sum
+            self.data_struct.update_tensor("rec.topk", torch.cat((pos_idx, pos_len), dim=1))
+        if need("data.label"):
+            self.label_field = self.config["LABEL_FIELD"]
+            self.data_struct.update_tensor("data.label", interaction[self.label_field].to(self.device))
+
+
 class SafeLoadMixin:
     """RecBole trainer additions: safe and collision-free checkpoints, resumable runs, history masking."""
 
@@ -120,6 +151,8 @@ class SafeLoadMixin:
         self._fit_start_epoch = 0
         self._last_started_epoch = None
         distributed.setup_trainer(self, is_distributed)
+        if type(getattr(self, "eval_collector", None)) is Collector:
+            self.eval_collector = TopKCollector(config)
         self.valid_history = []  # one dict per validation: epoch, score and every metric
         self.epochs_run = 0
         self.target_ranks = None  # set to [] to record (user, item, rank) of each full-sort target

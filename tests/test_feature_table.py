@@ -64,3 +64,20 @@ def test_gradient_kept_elsewhere_or_other_dtype_is_not_reused():
     table.weight.grad = None
     (table(torch.tensor([1, 2])) @ weight_out).sum().backward()
     assert table.weight.grad.dtype == torch.float64
+
+
+def test_tables_that_cannot_fit_fail_before_allocating_and_name_the_setting(monkeypatch):
+    import pytest
+
+    from recbole_mm.errors import ConfigError
+    from recbole_mm.model.layers import feature_table
+    from test_mustrec import FakeDataset, build
+
+    dataset = FakeDataset()  # tables 13 x 6 and 13 x 5: 572 bytes of float32 each way
+    need_trainable = (13 * 6 + 13 * 5) * 4 * 4
+    monkeypatch.setattr(feature_table, "device_memory_bytes", lambda device: need_trainable)  # 80 % < need
+    with pytest.raises(ConfigError, match="train_raw_features: false"):
+        build(dataset)
+    assert build(dataset, train_raw_features=False).feature_tables["image"].weight.requires_grad is False
+    monkeypatch.setattr(feature_table, "device_memory_bytes", lambda device: need_trainable * 2)
+    assert build(dataset).feature_tables["image"].weight.requires_grad

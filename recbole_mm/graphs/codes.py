@@ -15,6 +15,7 @@ to the lower centre id. Invalid items (mask False or a zero row; PAD) get code `
 import torch
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.graphs.faiss_support import import_faiss
 
 __all__ = ["kmeans", "modality_codes", "assign_codes"]
 
@@ -51,12 +52,26 @@ def _kmeans_pp(x, n_clusters, gen):
     return torch.stack(centres)
 
 
-def kmeans(x, n_clusters, seed=0, iters=100, tol=1e-4):
-    """Seeded k-means. Returns ``(centres FloatTensor[c, d], labels LongTensor[N])``."""
+def kmeans(x, n_clusters, seed=0, iters=100, tol=1e-4, backend="torch"):
+    """Seeded k-means. Returns ``(centres FloatTensor[c, d], labels LongTensor[N])``.
+
+    ``backend='faiss'`` (optional ``faiss-cpu``) runs ``faiss.Kmeans`` with the same seed and
+    number of iterations (its own initialisation and sampling, so other centres than ours);
+    labels are then the nearest centre of every row, as here."""
     x = x.float()
     n = x.shape[0]
     if not 1 <= n_clusters <= n:
         raise ConfigError(f"kmeans: n_clusters={n_clusters} must be in [1, {n}] (number of rows)")
+    if backend == "faiss":
+        faiss = import_faiss("kmeans_backend")
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        fitted = faiss.Kmeans(x.shape[1], int(n_clusters), niter=max(1, int(iters)), seed=int(seed),
+                              max_points_per_centroid=max(256, n // n_clusters + 1))
+        fitted.train(x.cpu().contiguous().numpy())
+        centres = torch.from_numpy(fitted.centroids).to(x.device)
+        return centres, _sq_distances(x, centres).argmin(1)
+    if backend != "torch":
+        raise ConfigError(f"kmeans backend must be 'torch' or 'faiss', got {backend!r}")
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     centres = _kmeans_pp(x, n_clusters, gen)
     previous = None

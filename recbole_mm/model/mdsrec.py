@@ -34,6 +34,7 @@ from recbole_mm.checks import require_cross_entropy, select_modalities
 from recbole_mm.errors import ConfigError
 from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
+from recbole_mm.model.layers.eval_chunks import score_by_length, trim_padding
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
 
 ID_CHANNEL = "id"
@@ -203,6 +204,8 @@ class MDSRec(SequentialRecommender):
 
     def forward(self, item_seq, item_seq_len):
         """Returns (e^s [B,d], {m: ẽ^m [B,d]}, item tables)."""
+        if not self.training:  # trailing PAD columns change nothing without dropout (layers/eval_chunks.py)
+            item_seq = trim_padding(item_seq, item_seq_len)
         tables = self.item_tables()
         injected_id, modal, centres = tables
         causal_mask = self.get_attention_mask(item_seq)
@@ -259,4 +262,8 @@ class MDSRec(SequentialRecommender):
         return self.fuse_scores(scores)
 
     def full_sort_predict(self, interaction):
-        return self.fuse_scores(self.channel_logits(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]))
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        if self.training or self.gumbel_eval == "sample":  # row order feeds the noise draw: keep it
+            return self.fuse_scores(self.channel_logits(item_seq, item_seq_len))
+        return score_by_length(lambda seq, lengths: self.fuse_scores(self.channel_logits(seq, lengths)),
+                               item_seq, item_seq_len)

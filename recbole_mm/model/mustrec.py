@@ -36,7 +36,8 @@ from recbole_mm.errors import ConfigError
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
-from recbole_mm.model.layers.feature_table import FeatureTable
+from recbole_mm.model.layers.eval_chunks import score_in_chunks
+from recbole_mm.model.layers.feature_table import FeatureTable, check_tables_fit
 from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, MaskDropout, attention_mask, right_to_left_padding)
 from recbole_mm.model.layers.initialization import init_sasrec_weights
@@ -167,6 +168,9 @@ class MuSTRec(SequentialRecommender):
                               "in the dataset yaml, or run `variant: B` (no graphs, no features)")
         self.modalities = select_modalities(config, dataset.modalities, "MuSTRec") if need_features else []
         self.feature_tables, self.modal_projections = nn.ModuleDict(), nn.ModuleDict()
+        if self.modal_bpr:  # fail here, not in the first step, when the tables cannot fit
+            check_tables_fit([tuple(dataset.item_features[name].shape) for name in self.modalities],
+                             bool(config["train_raw_features"]), config["device"], "MuSTRec")
         for name in self.modalities if self.modal_bpr else []:
             feats = dataset.item_features[name].float()
             self.feature_tables[name] = FeatureTable(feats, trainable=config["train_raw_features"])
@@ -214,6 +218,10 @@ class MuSTRec(SequentialRecommender):
             raise ConfigError(f"MuSTRec: image_weight={self.image_weight} (variant V/T) needs an 'image' "
                               f"modality; the dataset has {self.modalities}. Use `modality_weights` instead")
         k = int(config["knn_k"])
+        backend, approx_dim = _get(config, "knn_backend", "torch"), _get(config, "knn_approx_dim")
+        extra = {} if backend == "torch" else {"backend": backend, "seed": self.seed}
+        if approx_dim and backend == "torch":
+            extra = {"approx_dim": int(approx_dim), "seed": self.seed}
 
         def build():
             graphs, alphas = [], []
@@ -222,13 +230,13 @@ class MuSTRec(SequentialRecommender):
                     continue
                 knn = knn_graph(dataset.item_features[name].float(), k, include_self=True,
                                 valid_mask=dataset.item_feature_mask[name],
-                                invalid_rows="self_loop", pad_index=0)
+                                invalid_rows="self_loop", pad_index=0, **extra)
                 graphs.append(sym_normalize(knn))
                 alphas.append(alpha)
             return weighted_sum(graphs, alphas)
 
         key = {"model": "MuSTRec", "fingerprint": getattr(dataset, "fingerprint", None), "k": k,
-               "weights": weights, "version": GRAPH_CODE_VERSION}
+               "weights": weights, "version": GRAPH_CODE_VERSION, **extra}  # torch: the keys of existing caches
         try:
             from recbole_mm.graphs.cache import cached_tensor
         except ImportError:  # pragma: no cover - cache module not available
@@ -292,8 +300,7 @@ class MuSTRec(SequentialRecommender):
             x = torch.where(token.unsqueeze(-1), user_table[user_ids].unsqueeze(1), x)
             valid = torch.cat([valid.new_zeros(batch, 1), valid], dim=1) | token
         x = self.input_dropout(self.input_layer_norm(x + self.position_embedding.weight.unsqueeze(0)))
-        output = self.encoder(x, attention_mask(valid, causal=True))
-        return output[:, -1]
+        return self.encoder(x, attention_mask(valid, causal=True), last_only=True)  # only h at L-1 is read
 
     # ------------------------------------------------------------------ training
     def sample_negatives(self, users, positions):
@@ -384,8 +391,14 @@ class MuSTRec(SequentialRecommender):
         return scores.masked_fill(items == 0, float("-inf"))
 
     def full_sort_predict(self, interaction):
-        query, item_table = self._user_and_scores_table(interaction)
-        scores = query @ item_table.t()
+        def score_rows(rows):  # evaluation: chunks of rows that fit in cache (layers/eval_chunks.py)
+            query, item_table = self._user_and_scores_table(interaction[rows])
+            return query @ item_table.t()
+
+        if self.training:
+            scores = score_rows(slice(None))
+        else:
+            scores = score_in_chunks(score_rows, len(interaction))
         if self.stage == "graph":  # stage-1 validation: mask the training history
             rows, cols = history_entries(interaction[self.USER_ID], self.history_keys, self.n_items)
             scores[rows, cols] = float("-inf")

@@ -10,11 +10,38 @@ is still attached to the parameter (gradient accumulation without ``zero_grad``)
 code, or on another device or dtype, a fresh tensor is used and nothing is overwritten. On other
 devices the lookup is plain ``F.embedding`` (``index_add_`` is not deterministic on CUDA).
 """
+import os
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recbole_mm.errors import ConfigError
+
+MEMORY_SHARE = 0.8  # tables (+ gradient and Adam moments) may take at most this share of the device's memory
+
+
+def device_memory_bytes(device):
+    """Total memory of ``device``: the GPU's, or the machine's physical memory on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_tables_fit(shapes, trainable, device, model):
+    """Fail before allocating when the feature tables cannot fit: each float32 table, plus its
+    gradient and Adam's two moments when trainable, against ``MEMORY_SHARE`` of the device's
+    memory. The error names the setting that shrinks the need (``train_raw_features: false``)."""
+    need = sum(rows * dim for rows, dim in shapes) * 4 * (4 if trainable else 1)
+    have = device_memory_bytes(device)
+    if need > MEMORY_SHARE * have:
+        fix = ("set train_raw_features: false (frozen tables: a quarter of the memory)" if trainable
+               else "use fewer or smaller modalities (config key 'modalities') or a larger machine")
+        raise ConfigError(f"{model}: the raw feature tables {[tuple(s) for s in shapes]} need about "
+                          f"{need / 2**30:.1f} GiB for training on {torch.device(device).type}, more than "
+                          f"{MEMORY_SHARE:.0%} of its {have / 2**30:.1f} GiB. Fix: {fix}.")
 
 
 class _GatherRows(torch.autograd.Function):

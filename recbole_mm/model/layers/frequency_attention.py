@@ -16,6 +16,18 @@ The mask is built by :func:`attention_mask`: causal AND key is not padding, adde
 so a query with no valid key gets a uniform (not NaN) attention row. The encoder is agnostic
 of the padding side; MuSTRec feeds left-padded sequences (most recent item at ``L - 1``),
 see :func:`right_to_left_padding`.
+
+Speed (docs/benchmarks/eval.md, docs/benchmarks/mustrec.md), same outputs up to float rounding:
+
+- the low-pass filter is a fixed linear map along the sequence, ``LFC = P X`` with
+  ``P = irfft(keep * rfft(I))`` (an ``L x L`` projection, computed once per length), applied as
+  one matrix product instead of an FFT pair;
+- ``encoder(x, mask, last_only=True)`` returns only the last position: every block but the last
+  runs on all positions (the last one reads them as keys, values and frequency input), the last
+  block computes its query, feed-forward and normalisation for the last row only. A model whose
+  loss and scores read only the last position (MuSTRec) gets the same numbers. In training the
+  dropout masks are still drawn at the full shape and sliced, so the random stream, and
+  therefore every later draw, is the same as with ``last_only=False``.
 """
 import math
 
@@ -47,12 +59,24 @@ class MaskDropout(nn.Module):
             raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
 
-    def forward(self, x):
+    def forward(self, x, full_shape=None, draw_order=None):
+        """``full_shape``: ``x`` holds the last ``x.shape[-2]`` rows (dim -2) of a tensor of that
+        shape; the mask is drawn for the whole tensor and sliced (same random stream on CPU).
+        ``draw_order``: a permutation of the dimensions in which the uniform draws fill the mask
+        (memory order), e.g. ``(0, 2, 1)`` fills a ``[B, L, d]`` mask as ``[B, d, L]``."""
         if not self.training or self.p == 0.0:
             return x
         if x.is_cuda:
             return F.dropout(x, self.p, True)
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype)
+        shape = tuple(full_shape or x.shape)
+        if draw_order:
+            draw = torch.rand([shape[i] for i in draw_order], dtype=x.dtype, device=x.device)
+            draw = draw.permute(*sorted(range(len(draw_order)), key=lambda i: draw_order[i]))
+        else:
+            draw = torch.rand(shape, dtype=x.dtype, device=x.device)
+        if full_shape:
+            draw = draw[..., draw.shape[-2] - x.shape[-2]:, :]
+        keep = (draw >= self.p).to(x.dtype)
         return x * (keep * (1.0 / (1.0 - self.p)))
 
     def extra_repr(self):
@@ -96,20 +120,38 @@ class FrequencyFilter(nn.Module):
         self.sqrt_beta = nn.Parameter(torch.randn(1, 1, hidden_size))
         self.dropout = MaskDropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self._low_pass = {}  # (length, dtype, device) -> P
 
-    def split(self, x):
-        """Return ``(LFC, HFC)`` of ``x`` ``[B, L, d]`` along the sequence axis."""
-        length = x.shape[1]
-        spectrum = torch.fft.rfft(x, dim=1, norm="ortho")
-        keep = torch.arange(spectrum.shape[1], device=x.device) < self.kept_bins
-        spectrum = spectrum * keep[None, :, None]
-        low = torch.fft.irfft(spectrum, n=length, dim=1, norm="ortho")
-        return low, x - low
+    def low_pass_matrix(self, length, dtype=torch.float32, device=None):
+        """``P`` (``[L, L]``) with ``P X = irfft(keep * rfft(X, ortho), ortho)`` along dim 0:
+        the FFT pair applied to the identity, in float64, once per (length, dtype, device)."""
+        key = (length, dtype, str(device))
+        if key not in self._low_pass:
+            identity = torch.eye(length, dtype=torch.float64)
+            spectrum = torch.fft.rfft(identity, dim=0, norm="ortho")
+            spectrum[self.kept_bins:] = 0
+            matrix = torch.fft.irfft(spectrum, n=length, dim=0, norm="ortho")
+            self._low_pass[key] = matrix.to(dtype=dtype, device=device)
+        return self._low_pass[key]
 
-    def forward(self, x):
-        low, high = self.split(x)
+    def split(self, x, last_only=False):
+        """Return ``(LFC, HFC)`` of ``x`` ``[B, L, d]`` along the sequence axis (last row only
+        with ``last_only``)."""
+        matrix = self.low_pass_matrix(x.shape[1], x.dtype, x.device)
+        if last_only:
+            matrix, x_out = matrix[-1:], x[:, -1:]
+        else:
+            x_out = x
+        low = torch.matmul(matrix, x)
+        return low, x_out - low
+
+    def forward(self, x, last_only=False):
+        low, high = self.split(x, last_only)
         mixed = low + self.sqrt_beta.pow(2) * high
-        return self.layer_norm(x + self.dropout(mixed))
+        residual = x[:, -1:] if last_only else x
+        # the mask is drawn in [B, d, L] memory order, the layout of the FFT output this branch had
+        # before the matrix form: the same masks as before, so the same training run
+        return self.layer_norm(residual + self.dropout(mixed, x.shape if last_only else None, draw_order=(0, 2, 1)))
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -133,12 +175,21 @@ class MultiHeadSelfAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.n_heads, self.head_size).transpose(1, 2)
 
-    def forward(self, x, mask):
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + mask
-        probs = self.attn_dropout(scores.softmax(dim=-1))
-        context = (probs @ v).transpose(1, 2).reshape(x.shape)
-        return self.layer_norm(x + self.out_dropout(self.output(context)))
+    def forward(self, x, mask, last_only=False):
+        """``last_only``: queries (and the output) for the last position only."""
+        queries = x[:, -1:] if last_only else x
+        q, k, v = self._heads(self.query(queries)), self._heads(self.key(x)), self._heads(self.value(x))
+        mask = mask[..., -1:, :] if last_only else mask
+        if self.training and self.attn_dropout.p > 0:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + mask
+            batch, length = x.shape[:2]
+            probs = self.attn_dropout(scores.softmax(dim=-1),
+                                      (batch, self.n_heads, length, length) if last_only else None)
+            context = probs @ v
+        else:  # no dropout to draw: torch's fused kernel, same scale and additive mask
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        context = context.transpose(1, 2).reshape(queries.shape)
+        return self.layer_norm(queries + self.out_dropout(self.output(context), x.shape if last_only else None))
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -156,8 +207,9 @@ class PositionwiseFeedForward(nn.Module):
         self.dropout = MaskDropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def forward(self, x):
-        return self.layer_norm(x + self.dropout(self.dense_out(self.act(self.dense_in(x)))))
+    def forward(self, x, full_shape=None):
+        """``full_shape``: ``x`` is the last rows of a tensor of that shape (see :class:`MaskDropout`)."""
+        return self.layer_norm(x + self.dropout(self.dense_out(self.act(self.dense_in(x))), full_shape))
 
 
 class FrequencyAttentionBlock(nn.Module):
@@ -173,13 +225,15 @@ class FrequencyAttentionBlock(nn.Module):
         self.feed_forward = PositionwiseFeedForward(hidden_size, inner_size, hidden_act,
                                                     hidden_dropout, layer_norm_eps)
 
-    def forward(self, x, mask):
-        mixed = self.alpha * self.frequency(x) + (1.0 - self.alpha) * self.attention(x, mask)
-        return self.feed_forward(mixed)
+    def forward(self, x, mask, last_only=False):
+        """``[B, L, d]``, or ``[B, 1, d]`` (the last position) with ``last_only``."""
+        mixed = self.alpha * self.frequency(x, last_only) + (1.0 - self.alpha) * self.attention(x, mask, last_only)
+        return self.feed_forward(mixed, x.shape if last_only else None)
 
 
 class FrequencyAttentionEncoder(nn.Module):
-    """A stack of :class:`FrequencyAttentionBlock`; returns the last block's output."""
+    """A stack of :class:`FrequencyAttentionBlock`; returns the last block's output (``[B, L, d]``,
+    or ``[B, d]`` for the last position with ``last_only``)."""
 
     def __init__(self, n_layers=2, hidden_size=64, n_heads=2, inner_size=256,
                  hidden_dropout=0.5, attn_dropout=0.5, hidden_act="gelu",
@@ -191,9 +245,10 @@ class FrequencyAttentionEncoder(nn.Module):
             for _ in range(n_layers)
         ])
 
-    def forward(self, x, mask):
-        for block in self.blocks:
-            x = block(x, mask)
-        return x
+    def forward(self, x, mask, last_only=False):
+        for index, block in enumerate(self.blocks):
+            last_block = index == len(self.blocks) - 1
+            x = block(x, mask, last_only and last_block)
+        return x[:, -1] if last_only else x
 
 

@@ -77,7 +77,8 @@ class CentreAttentionLayer(nn.Module):
             self.dropout = nn.Dropout(hidden_dropout_prob)
 
     def forward(self, centres, states, pad_mask, tower_attention):
-        """centres [B,k,d] (Z^{l-1}), states [B,t,d] (H^{m,l-1}), pad_mask [B,1,1,t] additive
+        """centres [B,k,d] (Z^{l-1}), or [k,d] when every row shares them (the first layer's Ê^m_c:
+        projected once, not once per row); states [B,t,d] (H^{m,l-1}), pad_mask [B,1,1,t] additive
         (0 keep, large negative for PAD), tower_attention: the tower layer's MultiHeadAttention.
         Returns Z^l [B,k,d]."""
         att = tower_attention
@@ -86,18 +87,27 @@ class CentreAttentionLayer(nn.Module):
         def split_heads(x):  # [B,n,d] -> [B,h,n,d_h]
             return x.view(x.size(0), x.size(1), n_heads, head_size).permute(0, 2, 1, 3)
 
-        query = split_heads(att.query(centres))
+        query = split_heads(att.query(centres if centres.dim() == 3 else centres.unsqueeze(0)))
         key = split_heads(att.key(states))
         value = split_heads(att.value(states))
         scale = math.sqrt(head_size) if self.attn_scale == "head" else math.sqrt(n_heads * head_size)
         scores = torch.matmul(query, key.transpose(-1, -2)) / scale + pad_mask  # [B,h,k,t]
         probs = att.attn_dropout(torch.softmax(scores, dim=-1))
-        context = torch.matmul(probs, value).permute(0, 2, 1, 3).reshape(centres.shape)
-        g = att.dense(context) if self.out_proj is None else self.out_proj(context)  # Eq. 14
-        if self.center_ffn == "literal":  # Eq. 15 as printed
-            return self.act(self.ffn_out(self.ffn_in(g)))
+        context = torch.matmul(probs, value).permute(0, 2, 1, 3).reshape(states.size(0), -1, n_heads * head_size)
+        out_proj = att.dense if self.out_proj is None else self.out_proj  # U of Eq. 14
+        if self.center_ffn == "literal":  # Eq. 15 as printed: act(((c U + u) W1 + b1) W2 + b2)
+            return self.act(F.linear(context, *self.literal_map(out_proj)))
+        g = out_proj(context)
         hidden = self.attn_norm(self.dropout(g) + centres)
         return self.ffn_norm(self.dropout(self.ffn_out(self.act(self.ffn_in(hidden)))) + hidden)
+
+    def literal_map(self, out_proj):
+        """(weight, bias) of the affine map c -> ((c U + u) W1 + b1) W2 + b2 of Eq. 14-15: three
+        linear layers with no non-linearity between them compose to one d x d map, applied to
+        the B*k centre rows once instead of three times (same function, float rounding aside)."""
+        weight = self.ffn_out.weight @ self.ffn_in.weight @ out_proj.weight
+        bias = self.ffn_out.weight @ (self.ffn_in.weight @ out_proj.bias + self.ffn_in.bias) + self.ffn_out.bias
+        return weight, bias
 
 
 class InterestCentralisedAttention(nn.Module):
@@ -120,11 +130,10 @@ class InterestCentralisedAttention(nn.Module):
         """centre_features [k,d] (Ê^m_c, Eq. 11); tower_inputs: list of L tensors [B,t,d], the
         input of each tower layer; tower_encoder: RecBole TransformerEncoder of the modality.
         Returns E^m_c [B,k,d]."""
-        batch = tower_inputs[0].size(0)
-        centres = centre_features.unsqueeze(0).expand(batch, -1, -1)
+        centres = centre_features  # [k,d], shared by every row until the first layer
         for layer, states, tower_layer in zip(self.layers, tower_inputs, tower_encoder.layer):
             centres = layer(centres, states, pad_mask, tower_layer.multi_head_attention)
-        return centres
+        return centres if centres.dim() == 3 else centres.expand(tower_inputs[0].size(0), -1, -1)
 
 
 def relation_noise(shape, kind, device=None, dtype=torch.float32):

@@ -38,7 +38,7 @@ def inject_behaviour(cooc_norm, features, mu):
     return features + mu * torch.sparse.mm(cooc_norm, features)
 
 
-def modal_graph(features, mask, n_neighbours, knn_self, approx_dim=None, seed=0):
+def modal_graph(features, mask, n_neighbours, knn_self, approx_dim=None, seed=0, backend="torch"):
     """Binary top-H graph Â^m (Eq. 5) as coalesced sparse COO [N, N] (directed, not symmetrised).
 
     Rows of items without this modality keep a self loop (their Ê^m row is their own ID
@@ -48,6 +48,8 @@ def modal_graph(features, mask, n_neighbours, knn_self, approx_dim=None, seed=0)
         return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, n),
                                        check_invariants=True).coalesce()
     extra = {"approx_dim": int(approx_dim), "seed": seed} if approx_dim else {}
+    if backend != "torch":
+        extra.update(backend=backend, seed=seed)
     return knn_graph(features, n_neighbours, include_self=knn_self, valid_mask=mask,
                      invalid_rows="self_loop", pad_index=0, **extra)
 
@@ -61,10 +63,10 @@ def normalize_graph(graph, graph_norm):
     return graph.coalesce()
 
 
-def centre_labels(features, mask, n_centers, n_iters, seed):
+def centre_labels(features, mask, n_centers, n_iters, seed, backend="torch"):
     """k-means (Euclidean, k-means++ from ``seed``) cluster of every item with the feature:
     [N] long, -1 for PAD and items without the modality (Eq. 10)."""
-    _, labels = kmeans(features[mask].float(), n_centers, seed=seed, iters=n_iters)
+    _, labels = kmeans(features[mask].float(), n_centers, seed=seed, iters=n_iters, backend=backend)
     out = torch.full((features.shape[0],), -1, dtype=torch.long)
     out[mask] = labels
     return out
@@ -85,6 +87,8 @@ def build_item_side(config, dataset, modalities):
     if n_neighbours < 0:
         raise ConfigError(f"config key 'knn_k' (H) must be >= 0, got {n_neighbours}.")
     base_key = {"fingerprint": dataset.fingerprint, "n_items": n_items}
+    knn_backend, kmeans_backend = (config[key] if key in config and config[key] else "torch"
+                                   for key in ("knn_backend", "kmeans_backend"))
     cache_dir = dataset.graph_cache_dir
 
     cooc_key = dict(base_key, what="mdsrec-cooccurrence", weight=cooc_weight, window=window)
@@ -110,10 +114,13 @@ def build_item_side(config, dataset, modalities):
             graph_key = dict(base_key, what="mdsrec-graph", modality=m, H=n_neighbours, knn_self=knn_self,
                              approx=config["knn_approx_dim"], seed=seed,
                              cre=(mu_modal, cooc_weight, window, cooc_norm) if use_cre else None)
+            if knn_backend != "torch":  # the default keeps the keys of existing caches
+                graph_key["backend"] = knn_backend
 
             def build_graph(m=m, features=features, mask=mask):
                 source = inject_behaviour(cooc_hat, features, mu_modal) if use_cre else features
-                return modal_graph(source, mask, n_neighbours, knn_self, config["knn_approx_dim"], seed).indices()
+                return modal_graph(source, mask, n_neighbours, knn_self, config["knn_approx_dim"], seed,
+                                   knn_backend).indices()
 
             binary = cached_tensor(cache_dir, f"mdsrec_graph_{m}", graph_key, build_graph)
             graph = torch.sparse_coo_tensor(binary, torch.ones(binary.shape[1]), (n_items, n_items),
@@ -134,10 +141,12 @@ def build_item_side(config, dataset, modalities):
             label_key = dict(base_key, what="mdsrec-kmeans", modality=m, k=k, iters=int(config["kmeans_iters"]),
                              on=kmeans_on, seed=seed,
                              cre=(mu_modal, cooc_weight, window, cooc_norm) if kmeans_on == "injected" else None)
+            if kmeans_backend != "torch":
+                label_key["backend"] = kmeans_backend
 
             def build_labels(m=m, features=features, mask=mask, k=k):
                 source = inject_behaviour(cooc_hat, features, mu_modal) if kmeans_on == "injected" else features
-                return {"labels": centre_labels(source, mask, k, int(config["kmeans_iters"]), seed)}
+                return {"labels": centre_labels(source, mask, k, int(config["kmeans_iters"]), seed, kmeans_backend)}
 
             side["labels"][m] = cached_tensor(cache_dir, f"mdsrec_kmeans_{m}", label_key, build_labels)["labels"]
             side["n_centers"][m] = k

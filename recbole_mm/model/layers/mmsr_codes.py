@@ -60,10 +60,18 @@ def linear_autoencoder(features, fit_mask, dim, epochs, lr, seed, batch_size=256
 
 
 def pca_reduce(features, fit_mask, dim):
-    """Project on the top principal directions of the fit rows (zero-padded to ``dim``)."""
+    """Project on the top principal directions of the fit rows (zero-padded to ``dim``).
+
+    Exact PCA in float64: the eigenvectors of the ``d x d`` scatter matrix when there are more
+    rows than dimensions (7,050 x 4,096: 19 s instead of 50 s for the SVD of the rows, one
+    thread), else the SVD of the rows."""
     fit_rows = features[fit_mask]
-    centred = fit_rows - fit_rows.mean(0)
-    _, _, vh = torch.linalg.svd(centred.double(), full_matrices=False)
+    centred = (fit_rows - fit_rows.mean(0)).double()
+    if centred.shape[0] > centred.shape[1]:
+        _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        vh = vectors.flip(1).T
+    else:
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     components = vh[:dim].float()
     sign = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))
     components = components * torch.where(sign == 0, torch.ones_like(sign), sign)  # deterministic signs
