@@ -230,6 +230,13 @@ class Config(RecBoleConfig):
                 raise ConfigError("no dataset given. Fix: pass --dataset=NAME (e.g. ml-100k).")
         return model_class.__name__, model_class, dataset
 
+    def _dataset_model_defaults(self):
+        """``dataset_model_defaults`` as the user gave it (files, dict or command line); default true."""
+        value = self.external_config_dict.get("dataset_model_defaults", True)
+        if isinstance(value, str):
+            value = value.strip().lower() not in ("false", "0", "no")
+        return bool(value)
+
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         packaged_dataset_yaml = os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml")
@@ -237,9 +244,11 @@ class Config(RecBoleConfig):
             os.path.join(PROPERTIES_DIR, "overall.yaml"),
             os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
             packaged_dataset_yaml,
-            dataset_model_yaml(dataset, model),
+            dataset_model_yaml(dataset, model) if self._dataset_model_defaults() else False,
             None,  # the dataset folder's own yaml: its folder depends on data_path, known only now
         ):
+            if path is False:
+                continue
             is_dataset_yaml = path is None or path == packaged_dataset_yaml
             if path is None:
                 data_root = self.external_config_dict.get("data_path") or self.internal_config_dict.get("data_path")

@@ -50,6 +50,25 @@ def test_user_values_override_the_layer(tmp_path, monkeypatch):
     assert cmd["n_centers"] == 5 and cmd["embedding_size"] == 64
 
 
+def test_switch_off_gives_the_model_defaults_on_ml100k(tmp_path, monkeypatch):
+    off = config("MDSRec", "ml-100k", tmp_path, dataset_model_defaults=False)
+    assert (off["embedding_size"], off["inner_size"], off["n_centers"], off["MAX_ITEM_LIST_LENGTH"]) == (300, 256, 32, 50)
+    monkeypatch.setattr("sys.argv", ["run_recbole_mm.py", "--dataset_model_defaults=False"])
+    cmd = Config(model="MMSR", dataset="ml-100k", parse_argv=True, config_dict=settings(tmp_path))
+    assert cmd["MAX_ITEM_LIST_LENGTH"] == 50 and cmd["embedding_size"] == 128
+
+
+def test_benchmark_cells_run_without_the_layer(tmp_path):
+    # A grid's protocol alone decides: the runner turns the layer off unless an entry sets it.
+    from types import SimpleNamespace
+    from recbole_mm.benchmark.runner import cell_spec
+    cell = SimpleNamespace(model="MDSRec", dataset="ml-100k", config_files=[], config_dict={"epochs": 1})
+    spec = cell_spec(cell, threads=1)
+    assert config("MDSRec", "ml-100k", tmp_path, **spec["config_dict"])["n_centers"] == 32
+    cell.config_dict = {"dataset_model_defaults": True}
+    assert config("MDSRec", "ml-100k", tmp_path, **cell_spec(cell, 1)["config_dict"])["n_centers"] == 8
+
+
 def test_idagnostic_demo_uses_frozen_features(tmp_path):
     demo = config("IDAgnosticMMSR", "ml-100k", tmp_path)
     assert demo["item_source"] == "features" and demo["embedding_size"] % demo["fusion_heads"] == 0

@@ -284,8 +284,7 @@ def run_grid(grid, store, out_dir, workers=1, threads=1, data_paths=None, execut
                 work_dir = os.path.join(out_dir, "work", cell.cell_id)
                 log_path = os.path.join(out_dir, "logs", f"{cell.cell_id}.log")
                 os.makedirs(os.path.dirname(log_path), exist_ok=True)
-                spec = {"model": cell.model, "dataset": cell.dataset, "config_files": cell.config_files,
-                        "config_dict": cell.config_dict, "threads": threads}
+                spec = cell_spec(cell, threads)
                 handle = pool.submit(spec, work_dir, timeout, log_path)
                 running[handle] = (cell, os.getloadavg()[0], work_dir, log_path)
                 log(f"start {cell.describe()}")
@@ -322,6 +321,13 @@ def run_grid(grid, store, out_dir, workers=1, threads=1, data_paths=None, execut
         raise
     pool.close()
     return n_ok, n_failed
+
+
+def cell_spec(cell, threads):
+    """What a cell process runs. The packaged dataset+model layer (the ml-100k demo sizes) is off
+    unless the entry turns it on, so the grid's protocol and entry alone decide every setting."""
+    return {"model": cell.model, "dataset": cell.dataset, "config_files": cell.config_files,
+            "config_dict": {"dataset_model_defaults": False, **cell.config_dict}, "threads": threads}
 
 
 def _first_metric(metrics):
