@@ -96,6 +96,10 @@ def execute_cell(spec, work_dir, timeout=None, log_path=None):
         os.remove(result_path)
     threads = str(int(spec.get("threads") or 1))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+    # The cell runs in its work folder: it must import the recbole_mm this process uses (a checkout
+    # run without installing, or one whose editable install points elsewhere).
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     start = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
         child = subprocess.Popen([sys.executable, "-m", "recbole_mm.benchmark.cell", spec_path, result_path,
