@@ -158,7 +158,7 @@ def _report(args):
     build_report(grid, store, args.out, figure_dir=args.figures, title=args.title, intro=intro, claims=claims)
     if args.cost:
         cost_report(grid, store, args.cost)
-    print(f"wrote {args.out}" + (f" and figures in {args.figures}" if args.figures else ""))
+    print(f"wrote {args.out}" + (f" and figures in {args.figures}" if args.figures and os.path.isdir(args.figures) else ""))
     return 0
 
 

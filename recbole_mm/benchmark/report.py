@@ -206,21 +206,43 @@ def protocol_facts(grid):
     return merged
 
 
+def split_phrase(split):
+    """RecBole's ``eval_args.split`` in words."""
+    if "LS" in split:
+        return "leave-one-out per user in time order (last item test, second-to-last validation)"
+    if "RS" in split:
+        train, valid, test = (list(split["RS"]) + [0, 0, 0])[:3]
+        parts = f"{train:.0%} train / {valid:.0%} validation" + (f" / {test:.0%} test" if test else ", no test part")
+        return (f"each user's time-ordered sequence cut {parts}, every interaction of a held-out part a target "
+                "predicted from its whole prefix")
+    return str(split)
+
+
 def protocol_paragraph(grid, selected):
     facts = protocol_facts(grid)
     split = facts.get("eval_args", {}).get("split", {"LS": "valid_and_test"})
+    entry_splits = {}  # split phrase -> entries that set their own split
+    for entry in grid.entries.values():
+        own = ((entry.config or {}).get("eval_args") or {}).get("split")
+        if own is not None and own != split:
+            entry_splits.setdefault(split_phrase(own), []).append(entry.name)
+    on_selection_split = [e.name for e in grid.entries.values() if e.result_split == "valid"]
     budget = grid.search_budget()
     sizes = sorted(set(budget.values()))
     runs = [r for chosen in selected.values() for r in chosen["runs"]]
     capped = sum(not r["stopped_by_patience"] for r in runs)
     lines = [
-        f"- **Split**: {'leave-one-out per user in time order (last item test, second-to-last validation)' if 'LS' in split else split}; "
-        f"**full ranking** over all items; history items {'**masked**' if facts.get('mask_history_items') else 'not masked'} "
-        "(the target stays rankable).",
+        "- **Split**: "
+        + "; ".join(([split_phrase(split)] if sum(map(len, entry_splits.values())) < len(grid.entries) else [])
+                    + [f"rows {', '.join(names)}: {phrase}" for phrase, names in entry_splits.items()])
+        + f"; **full ranking** over all items; history items "
+        f"{'**masked**' if facts.get('mask_history_items') else 'not masked'} (the target stays rankable).",
         f"- **Selection and early stopping** on validation {facts.get('valid_metric', 'NDCG@20')}, patience "
         f"{facts.get('stopping_step')} evaluations, evaluated every {facts.get('eval_step', 1)} epoch(s), at most "
-        f"{facts.get('epochs')} epochs; test metrics only of the validation-selected checkpoint. "
-        f"{capped} of {len(runs)} runs reached the epoch cap.",
+        f"{facts.get('epochs')} epochs; test metrics only of the validation-selected checkpoint"
+        + (f" (rows {', '.join(on_selection_split)} have no test part: they report the split they were "
+           "selected on, as the paper's protocol does, so they overstate)" if on_selection_split else "")
+        + f". {capped} of {len(runs)} runs reached the epoch cap.",
         f"- **Size**: embedding size {facts.get('embedding_size', facts.get('hidden_size'))} for every model; "
         f"sequence length {facts.get('MAX_ITEM_LIST_LENGTH')}; batch {facts.get('train_batch_size')}; "
         f"loss {facts.get('loss_type', 'CE')} (full softmax over items) unless a row says otherwise.",
@@ -236,6 +258,8 @@ def protocol_paragraph(grid, selected):
             own.append(f"seeds {', '.join(map(str, grid.dataset_seeds[name]))}")
         if name in grid.tuned_on:
             own.append(f"values chosen on {grid.tuned_on[name]} (no search of its own)")
+        if not any(dataset == name for _, dataset in selected):
+            own.append("not run yet (no results)")
         if own:
             lines.append(f"- **{name}**: " + "; ".join(own) + ".")
     return "\n".join(lines)
@@ -319,14 +343,18 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
         parts += [f"## {'Leaderboard' if table_name == 'main' else table_name}", ""]
         for dataset in grid.datasets:
             table, best_baseline = summarize(selected, store, grid, dataset, names, metrics=metrics, primary=primary)
-            if not table:
-                continue
+            if not table or (table_name != "main" and len(table) < 2):
+                continue  # an ablation table needs the full model and at least one variant
             if table_name == "main":
                 main[dataset] = (table, best_baseline)
             parts += [f"### {dataset}", "", results_table(table, best_baseline, metrics=metrics, primary=primary,
                                                           grid=grid), ""]
+            missing = [e.name for e in grid.entries_for(dataset) if e.table == table_name and e.name not in table]
+            if missing:
+                parts += [f"Not run on {dataset} yet (in the grid, no results): {', '.join(missing)}.", ""]
     if main:
         parts += cold_section(main, store)
+    if selected:
         parts += chosen_section(grid, selected)
     if claims:
         parts += claims_section(claims, selected, store, grid)
@@ -371,7 +399,13 @@ def chosen_section(grid, selected):
         spec = grid.entries[entry]
         fixed = ", ".join(f"{k}={v}" for k, v in spec.config.items()) or "—"
         tuned = ", ".join(f"{k}={v}" for k, v in chosen["params"].items()) or "—"
-        source = f"{chosen['trials']} trials" if spec.search else (f"from {spec.tune_from}" if spec.tune_from else "no search")
+        if dataset in grid.tuned_on:
+            source = f"chosen on {grid.tuned_on[dataset]}"
+        elif spec.search:
+            source = f"{chosen['trials']} trials"
+        else:
+            source = f"from {spec.tune_from}" if spec.tune_from else "no search"
+
         rows.append([entry, dataset, spec.model, fixed, f"{tuned} ({source})"])
     return ["## Configurations (fixed keys and the values chosen on validation)", "",
             markdown_table(["entry", "dataset", "model", "fixed keys", "chosen values"], rows), ""]
