@@ -39,6 +39,8 @@ def test_layer_of_one_model_does_not_reach_another_model(tmp_path):
     assert "n_centers" in mdsrec_keys
     sasrec = config("SASRec", "ml-100k", tmp_path)
     assert sasrec["n_centers"] is None and sasrec["inner_size"] == 256  # RecBole's SASRec default
+    assert sasrec["MAX_ITEM_LIST_LENGTH"] == 20  # SASRec's own demo layer: the same length as the others
+    assert config("SASRec", "ml-100k", tmp_path, dataset_model_defaults=False)["MAX_ITEM_LIST_LENGTH"] == 50
     mustrec = config("MuSTRec", "ml-100k", tmp_path)
     assert mustrec["embedding_size"] == 64 and mustrec["n_centers"] is None
 
