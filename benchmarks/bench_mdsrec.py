@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from common import add_data_args, data_overrides, run_entry_point
+from common import add_data_args, add_run_args, data_overrides, run_entry_point
 
 
 class Clock:
@@ -41,8 +41,7 @@ def main():
     add_data_args(parser, dataset="babyscale")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--full-epoch", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", default="{}", help="JSON dict of config overrides")
+    add_run_args(parser)
     args = parser.parse_args()
     data = data_overrides(args)
 

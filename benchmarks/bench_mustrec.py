@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 
-from common import add_data_args, data_overrides, run_entry_point, scratch_dir
+from common import add_data_args, add_run_args, data_overrides, run_entry_point, scratch_dir
 
 
 def main():
@@ -28,9 +28,8 @@ def main():
     add_data_args(parser, dataset="babyscale")
     parser.add_argument("--model", default="MuSTRec")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
+    add_run_args(parser, threads=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", default="{}", help="JSON dict of config overrides")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 steps")
     args = parser.parse_args()
     data = data_overrides(args)

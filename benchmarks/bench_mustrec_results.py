@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from common import REPO, add_data_args, append_record, data_overrides, run_entry_point, scratch_dir
+from common import REPO, add_data_args, add_run_args, append_record, data_overrides, run_entry_point, scratch_dir
 
 # name -> (model, overrides)
 RUNS = {
@@ -46,8 +46,7 @@ def main():
     add_data_args(parser, dataset="ml-100k", choices=sorted(SETTINGS))
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated names of RUNS")
     parser.add_argument("--out", default="mustrec_results.jsonl")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", default="{}", help="JSON dict of extra overrides for every run")
+    add_run_args(parser)
     args = parser.parse_args()
     data = data_overrides(args)
 

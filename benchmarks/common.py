@@ -20,7 +20,7 @@ if REPO not in sys.path:
 
 from recbole_mm.errors import MissingFileError, run_entry_point  # noqa: E402
 
-__all__ = ["REPO", "add_data_args", "data_root", "data_overrides", "scratch_dir", "append_record", "run_entry_point"]
+__all__ = ["REPO", "add_data_args", "add_run_args", "data_root", "data_overrides", "scratch_dir", "append_record", "run_entry_point"]
 
 BUNDLED_DATASETS = ("ml-100k",)  # shipped with RecBole: no --data_path needed
 
@@ -30,6 +30,12 @@ def add_data_args(parser, dataset="scientific", choices=None):
     parser.add_argument("--dataset", default=dataset, choices=choices)
     parser.add_argument("--data_path", default=None,
                         help="folder holding <dataset>/ (see docs/datasets.md); not needed for ml-100k")
+
+
+def add_run_args(parser, threads=1):
+    """``--threads`` (torch threads) and ``--set`` (a JSON dict of config overrides for every run)."""
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--set", default="{}", help="JSON dict of config overrides")
 
 
 def data_root(data_path, dataset):
