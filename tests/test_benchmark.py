@@ -342,3 +342,35 @@ def test_report_tables_from_a_fixture_results_file(tmp_path):
     cost = cost_report(load_grid(str(grid_path)), store, str(tmp_path / "cost.md"))
     assert "| d | A | 3 | 12 | 1.0 | 0.8 | 0.04 | 0.10 |" in cost  # 3 runs x 50 s CPU = 0.04 h
     assert "6 finished runs, **0.1 CPU hours**" in cost
+
+
+def test_which_model_section_names_leader_ties_and_cheapest(tmp_path):
+    """The 'which model to use' bullets follow from the tables: A leads; C (A's ranks, cheaper) is
+    tied with it; B, the only baseline, is separated from A exactly when the seed t-test says so."""
+    from scipy.stats import ttest_rel
+
+    pytest.importorskip("matplotlib")
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(yaml.safe_dump({"valid_metric": "NDCG@20", "stopping_step": 10, "epochs": 300}))
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"protocol": [str(protocol)], "seeds": [1, 2, 3], "datasets": {"d": {}},
+                                         "entries": {"A": {"model": "SASRec"}, "C": {"model": "SASRec"},
+                                                     "B": {"model": "SASRec", "baseline": True}}}))
+    store = ResultStore(str(tmp_path / "res.jsonl"))
+    rows, ranks = _fixture_rows(store)
+    for row in rows:
+        store.append(row)
+        if row["entry"] == "A":  # C: the same ranks as A at a fifth of the CPU time
+            store.append({**row, "key": row["key"].replace("A", "C"), "entry": "C", "cpu_s": 10.0})
+    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"))
+    section = text.split("## Which model to use")[1].split("## Leaderboard")[0]
+    assert "highest test NDCG@20: **A**" in section or "highest test NDCG@20: **C**" in section
+    ndcg_a = [per_user(ranks[("A", s)], "ndcg@20").mean() for s in (1, 2, 3)]
+    ndcg_b = [per_user(ranks[("B", s)], "ndcg@20").mean() for s in (1, 2, 3)]
+    separated = ttest_rel(ndcg_a, ndcg_b).pvalue <= 0.05  # Wilcoxon on 4 users can never reach .05
+    assert ("so ahead" in section) == separated
+    tied_line = next(line for line in section.splitlines() if "Tied with it" in line)
+    assert "C" in tied_line or "A" in tied_line
+    assert ("B" in tied_line) != separated
+    assert "the cheapest of these per run is C" in tied_line
+    assert "On cold targets" not in section  # 2 cold test users are too few to name a winner

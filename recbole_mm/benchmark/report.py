@@ -353,6 +353,8 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
             if missing:
                 parts += [f"Not run on {dataset} yet (in the grid, no results): {', '.join(missing)}.", ""]
     if main:
+        protocol_end = parts.index("## Leaderboard")
+        parts[protocol_end:protocol_end] = takeaways_section(main, store, primary)
         parts += cold_section(main, store)
     if selected:
         parts += chosen_section(grid, selected)
@@ -375,6 +377,60 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
     with open(out_md, "w", encoding="utf-8") as handle:
         handle.write(text)
     return text
+
+
+def _compare(table, name_a, name_b, store, metric):
+    """(p over seeds, p over the first seed's test users) of ``name_a`` against ``name_b``."""
+    a, b = table[name_a], table[name_b]
+    pairs = [(x, y) for s, x in zip(a["seeds"], a["values"][metric])
+             for t, y in zip(b["seeds"], b["values"][metric]) if s == t]
+    p_seeds = paired_t_p([x for x, _ in pairs], [y for _, y in pairs]) if len(pairs) > 1 else math.nan
+    users = _paired_user_values(a["runs"][0], b["runs"][0], store, metric)
+    return p_seeds, (wilcoxon_p(*users) if users is not None else math.nan)
+
+
+def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
+    """What a user choosing a model reads first, per dataset, computed from the same tables: the
+    leader, whether it beats the best baseline, which rows cannot be told apart from it, the
+    cheapest of those, and the leader on cold targets."""
+    label = metric_label(primary)
+    parts = ["## Which model to use (computed from the tables below)", "",
+             f"Tests as in the tables: paired t-test over seeds and Wilcoxon test over the first seed's test users, "
+             f"at p <= {alpha}; *tied* = neither test separates the row from the leader.", ""]
+    for dataset, (table, best_baseline) in main.items():
+        ranked = sorted(table, key=lambda n: -np.mean(table[n]["values"][primary]))
+        leader = ranked[0]
+        mean, sd = mean_sd(table[leader]["values"][primary])
+        lines = [f"- **{dataset}**: highest test {label}: **{leader}** ({fmt(mean, sd)})."]
+        if best_baseline and leader != best_baseline:
+            p_seeds, p_users = table[leader]["p_seeds"], table[leader]["p_users"]
+            ahead = (p_seeds <= alpha) or (p_users <= alpha)
+            lines.append(f"  Against the best baseline, {best_baseline}: p seeds {fmt_p(p_seeds)}, p users "
+                         f"{fmt_p(p_users)}, so {'ahead' if ahead else 'not distinguishable from it'}.")
+        elif best_baseline:
+            lines.append("  The leader is a baseline.")
+        tied = []
+        for name in ranked[1:]:
+            p_seeds, p_users = _compare(table, name, leader, store, primary)
+            if not (p_seeds <= alpha or p_users <= alpha):
+                tied.append(name)
+        if tied:
+            group = [leader] + tied
+            cheapest = min(group, key=lambda n: np.mean(table[n]["cpu_s"]))
+            lines.append(f"  Tied with it: {', '.join(tied)}; the cheapest of these per run is {cheapest} "
+                         f"({np.mean(table[cheapest]['cpu_s']) / 60:.1f} CPU min).")
+        else:
+            lines.append("  Every other row is separated from it by at least one test.")
+        cold = {n: mean_sd([subset_metric(r, store, cold_metric, lambda c: c < COLD_THRESHOLD)[0]
+                            for r in table[n]["runs"]])[0] for n in table}
+        cold = {n: v for n, v in cold.items() if not math.isnan(v)}
+        n_cold = subset_metric(table[leader]["runs"][0], store, cold_metric, lambda c: c < COLD_THRESHOLD)[1]
+        if cold and n_cold >= 100:  # too few cold targets say nothing
+            best_cold = max(cold, key=cold.get)
+            lines.append(f"  On cold targets ({n_cold} test users, {metric_label(cold_metric)}) the best is "
+                         f"{best_cold} ({fmt(cold[best_cold])}).")
+        parts += lines
+    return parts + [""]
 
 
 def cold_section(main, store, metric="ndcg@10"):
