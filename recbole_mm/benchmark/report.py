@@ -408,7 +408,7 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
             lines.append(f"  Against the best baseline, {best_baseline}: p seeds {fmt_p(p_seeds)}, p users "
                          f"{fmt_p(p_users)}, so {'ahead' if ahead else 'not distinguishable from it'}.")
         elif best_baseline:
-            lines.append("  The leader is a baseline.")
+            lines.append("  The leader is a baseline: no other row is ahead of it.")
         tied = []
         for name in ranked[1:]:
             p_seeds, p_users = _compare(table, name, leader, store, primary)
@@ -491,12 +491,18 @@ def claims_section(claims, selected, store, grid):
             p = paired_t_p([x for x, _ in paired], [y for _, y in paired])
             mean_a, mean_b = float(np.mean(values_a)), float(np.mean(values_b))
             relative = (mean_a - mean_b) / mean_b * 100 if mean_b else math.nan
-            measured = (f"{compare['a']} {fmt(*mean_sd(values_a))} vs {compare['b']} {fmt(*mean_sd(values_b))} "
+            def stat(vals):
+                return fmt(*mean_sd(vals)) if len(vals) > 1 else f"{fmt(vals[0])} (1 seed)"
+
+            measured = (f"{compare['a']} {stat(values_a)} vs {compare['b']} {stat(values_b)} "
                         f"({relative:+.1f} %, p {fmt_p(p)})")
             holds = mean_a > mean_b if compare.get("expect", "a>b") == "a>b" else mean_a < mean_b
             significant = not math.isnan(p) and p <= 0.05
-            verdict = ("**holds**" if holds and significant else "same direction, not significant" if holds
-                       else "**reversed**" if significant else "reversed, not significant")
+            if len(paired) < 2:
+                verdict = f"{'same direction' if holds else 'reversed'}, too few seeds for a test"
+            else:
+                verdict = ("**holds**" if holds and significant else "same direction, not significant" if holds
+                           else "**reversed**" if significant else "reversed, not significant")
         where = f"{compare.get('dataset', '')}, {metric_label(metric)}{', cold targets' if cold else ''}"
         rows.append([number, claim.get("paper", "").split(" (")[0], claim.get("claim", ""), where, measured, verdict])
         note = " ".join(part for part in (claim.get("paper_setting"), claim.get("explanation")) if part)
