@@ -94,17 +94,20 @@ def summarize(selected, store, grid, dataset, entries, metrics=METRICS, primary=
     best_baseline = max(baselines, key=lambda n: np.mean(table[n]["values"][primary]), default=None)
     for name, stats in table.items():
         stats["p_seeds"] = stats["p_users"] = math.nan
-        if best_baseline is None or name == best_baseline:
-            continue
-        other = table[best_baseline]
-        pairs = [(a, b) for s, a in zip(stats["seeds"], stats["values"][primary])
-                 for t, b in zip(other["seeds"], other["values"][primary]) if s == t]
-        if pairs:
-            stats["p_seeds"] = paired_t_p([a for a, _ in pairs], [b for _, b in pairs])
-        first = _paired_user_values(stats["runs"][0], other["runs"][0], store, primary)
-        if first is not None:
-            stats["p_users"] = wilcoxon_p(*first)
+        if best_baseline is not None and name != best_baseline:
+            stats["p_seeds"], stats["p_users"] = _compare(table, name, best_baseline, store, primary)
     return table, best_baseline
+
+
+def _compare(table, name_a, name_b, store, metric):
+    """(paired t p over the seeds both rows ran, Wilcoxon p over the first seed's test users) of
+    ``name_a`` against ``name_b``; nan where a test cannot be made."""
+    a, b = table[name_a], table[name_b]
+    pairs = [(x, y) for s, x in zip(a["seeds"], a["values"][metric])
+             for t, y in zip(b["seeds"], b["values"][metric]) if s == t]
+    p_seeds = paired_t_p([x for x, _ in pairs], [y for _, y in pairs])
+    users = _paired_user_values(a["runs"][0], b["runs"][0], store, metric)
+    return p_seeds, (wilcoxon_p(*users) if users is not None else math.nan)
 
 
 def _paired_user_values(row_a, row_b, store, metric):
@@ -130,6 +133,14 @@ def subset_metric(row, store, metric, keep):
     if not mask.any():
         return math.nan, 0
     return float(per_user(np.asarray(row["ranks"])[mask], metric).mean()), int(mask.sum())
+
+
+def target_subset(runs, store, metric, cold=True):
+    """``metric`` of each run over the test users whose target is cold (fewer than COLD_THRESHOLD
+    training occurrences) or, with ``cold=False``, warm; (values, users in the subset)."""
+    keep = (lambda c: c < COLD_THRESHOLD) if cold else (lambda c: c >= COLD_THRESHOLD)
+    measured = [subset_metric(r, store, metric, keep) for r in runs]
+    return [value for value, _ in measured], (measured[0][1] if measured else 0)
 
 
 # ------------------------------------------------------------------ formatting
@@ -379,16 +390,6 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
     return text
 
 
-def _compare(table, name_a, name_b, store, metric):
-    """(p over seeds, p over the first seed's test users) of ``name_a`` against ``name_b``."""
-    a, b = table[name_a], table[name_b]
-    pairs = [(x, y) for s, x in zip(a["seeds"], a["values"][metric])
-             for t, y in zip(b["seeds"], b["values"][metric]) if s == t]
-    p_seeds = paired_t_p([x for x, _ in pairs], [y for _, y in pairs]) if len(pairs) > 1 else math.nan
-    users = _paired_user_values(a["runs"][0], b["runs"][0], store, metric)
-    return p_seeds, (wilcoxon_p(*users) if users is not None else math.nan)
-
-
 def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
     """What a user choosing a model reads first, per dataset, computed from the same tables: the
     leader, whether it beats the best baseline, which rows cannot be told apart from it, the
@@ -421,10 +422,9 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
                          f"({np.mean(table[cheapest]['cpu_s']) / 60:.1f} CPU min).")
         else:
             lines.append("  Every other row is separated from it by at least one test.")
-        cold = {n: mean_sd([subset_metric(r, store, cold_metric, lambda c: c < COLD_THRESHOLD)[0]
-                            for r in table[n]["runs"]])[0] for n in table}
+        cold = {n: mean_sd(target_subset(table[n]["runs"], store, cold_metric)[0])[0] for n in table}
         cold = {n: v for n, v in cold.items() if not math.isnan(v)}
-        n_cold = subset_metric(table[leader]["runs"][0], store, cold_metric, lambda c: c < COLD_THRESHOLD)[1]
+        n_cold = target_subset(table[leader]["runs"][:1], store, cold_metric)[1]
         if cold and n_cold >= 100:  # too few cold targets say nothing
             best_cold = max(cold, key=cold.get)
             lines.append(f"  On cold targets ({n_cold} test users, {metric_label(cold_metric)}) the best is "
@@ -438,12 +438,11 @@ def cold_section(main, store, metric="ndcg@10"):
     for dataset, (table, _) in main.items():
         rows, n_cold, n_warm = [], 0, 0
         for name, stats in table.items():
-            cold = [subset_metric(r, store, metric, lambda c: c < COLD_THRESHOLD) for r in stats["runs"]]
-            warm = [subset_metric(r, store, metric, lambda c: c >= COLD_THRESHOLD) for r in stats["runs"]]
-            n_cold, n_warm = cold[0][1], warm[0][1]
+            cold, n_cold = target_subset(stats["runs"], store, metric)
+            warm, n_warm = target_subset(stats["runs"], store, metric, cold=False)
             single = len(stats["runs"]) == 1
-            rows.append([name, fmt(mean_sd([v for v, _ in cold])[0], None if single else mean_sd([v for v, _ in cold])[1]),
-                         fmt(mean_sd([v for v, _ in warm])[0], None if single else mean_sd([v for v, _ in warm])[1])])
+            rows.append([name, fmt(mean_sd(cold)[0], None if single else mean_sd(cold)[1]),
+                         fmt(mean_sd(warm)[0], None if single else mean_sd(warm)[1])])
         parts += [f"### {dataset} ({n_cold} cold, {n_warm} warm test users)", "",
                   markdown_table(["model", f"cold {metric_label(metric)}", f"warm {metric_label(metric)}"], rows), ""]
     return parts
@@ -461,7 +460,6 @@ def chosen_section(grid, selected):
             source = f"{chosen['trials']} trials"
         else:
             source = f"from {spec.tune_from}" if spec.tune_from else "no search"
-
         rows.append([entry, dataset, spec.model, fixed, f"{tuned} ({source})"])
     return ["## Configurations (fixed keys and the values chosen on validation)", "",
             markdown_table(["entry", "dataset", "model", "fixed keys", "chosen values"], rows), ""]
@@ -482,7 +480,7 @@ def claims_section(claims, selected, store, grid):
         if a and b:
             def values(chosen):
                 if cold:
-                    return [subset_metric(r, store, metric, lambda c: c < COLD_THRESHOLD)[0] for r in chosen["runs"]]
+                    return target_subset(chosen["runs"], store, metric)[0]
                 return [r["test"][metric] for r in chosen["runs"]]
 
             values_a, values_b = values(a), values(b)
