@@ -97,6 +97,24 @@ def test_expand_tunes_first_then_runs_the_other_seeds_with_the_best_values(tmp_p
     assert len({c.key for c in ready}) == len(ready)
 
 
+def test_seeds_option_runs_only_those_seeds_and_keeps_tuning_on_the_grids_first_seed(tmp_path):
+    # `--seeds 8` on a grid with seeds [7, 8, 9] once started a new search on seed 8
+    path, _ = write_grid(tmp_path, {"SASRec": {"search": {"learning_rate": [0.1, 0.2]}},
+                                    "GRU4Rec": {}}, seeds=[7, 8, 9])
+    machine = {"tiny": {"data_path": "/x"}}
+    full_trials = [c for c in expand(load_grid(path), {}, set(), machine)[0] if c.entry == "SASRec"]
+    grid = restrict(load_grid(path), seeds=[8])
+    ready, waiting, total, _ = expand(grid, {}, set(), machine)
+    trials = [c for c in ready if c.entry == "SASRec"]
+    assert [c.key for c in trials] == [c.key for c in full_trials] and {c.seed for c in trials} == {7}
+    assert [c.seed for c in ready if c.entry == "GRU4Rec"] == [8]
+    assert waiting == 1 and total == 2 + 1 + 1
+    finished = {c.key: _row(c, s) for c, s in zip(trials, [0.1, 0.4])}
+    ready = expand(grid, finished, set(), machine)[0]
+    assert [(c.entry, c.seed, c.params) for c in ready] == [("SASRec", 8, {"learning_rate": 0.2}),
+                                                            ("GRU4Rec", 8, {})]
+
+
 def test_best_trial_ignores_failed_and_missing_rows():
     class C:  # minimal cell stand-in
         def __init__(self, name):

@@ -42,7 +42,8 @@ def run_parser():
     parser.add_argument("--grid", help="grid file (protocol, datasets, seeds, entries, search spaces)")
     parser.add_argument("--models", help="comma-separated entries (with --grid: a subset; without: model names)")
     parser.add_argument("--datasets", help="comma-separated datasets (with --grid: a subset)")
-    parser.add_argument("--seeds", help="comma-separated seeds (default: the grid's, else 2020)")
+    parser.add_argument("--seeds", help="comma-separated seeds whose cells run (default: the grid's, "
+                        "else 2020); with --grid, tuning trials still use the grid's first seed")
     parser.add_argument("--config_files", action="append", default=[],
                         help="protocol yaml file(s) for a grid given by --models (repeatable; "
                              "a space-separated list also works)")

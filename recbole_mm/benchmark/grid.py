@@ -25,6 +25,8 @@ Cells: an entry with ``search`` runs every configuration of its grid with the fi
 (``role: trial``); the best one on the validation metric is that seed's result, and the other
 seeds run with the chosen values (``role: final``). ``tune_from`` entries wait for the named
 entry's choice, then run every seed. Other entries run every seed with their ``config``.
+``--seeds`` limits which seeds' cells run; the trials stay on the grid's first seed (they run
+first if missing), so ``--seeds 2021`` adds one seed's cells to a grid without re-tuning.
 Config precedence inside a cell: protocol files < dataset keys < entry ``config`` < tuned values
 < seed and paths.
 """
@@ -92,9 +94,15 @@ class Grid:
     threads: int = 1
     tuned_on: dict = field(default_factory=dict)  # {dataset: dataset whose tuning choices it reuses}
     dataset_seeds: dict = field(default_factory=dict)  # {dataset: seeds} where a dataset has its own
+    only_seeds: list = None  # --seeds on a grid file: run these seeds' cells, tune as the grid says
 
     def seeds_for(self, dataset):
+        """The dataset's seeds as the grid file gives them; the first is the tuning seed."""
         return self.dataset_seeds.get(dataset, self.seeds)
+
+    def run_seeds(self, dataset):
+        """The seeds whose final cells this run executes (``--seeds`` where given)."""
+        return list(self.only_seeds) if self.only_seeds else self.seeds_for(dataset)
 
     def entries_for(self, dataset):
         return [e for e in self.entries.values() if e.datasets is None or dataset in e.datasets]
@@ -250,8 +258,9 @@ def restrict(grid, entries=None, datasets=None, seeds=None):
         keep = set(datasets) | {grid.tuned_on[d] for d in datasets if d in grid.tuned_on}
         grid.datasets = {k: v for k, v in grid.datasets.items() if k in keep}
     if seeds:
-        grid.seeds = list(seeds)
-        grid.dataset_seeds = {}
+        # Only the final cells follow --seeds: tuning trials keep the grid's first seed, so a run
+        # of one later seed reuses (or first runs) the same trials as the full grid.
+        grid.only_seeds = list(seeds)
     return grid
 
 

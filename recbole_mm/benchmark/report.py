@@ -54,7 +54,7 @@ def selected_runs(rows, grid):
         else:
             runs = [r for r in members if r["role"] == "final"]
             params = runs[0]["params"] if runs else {}
-        seeds = grid.seeds_for(dataset)
+        seeds = grid.run_seeds(dataset)
         runs = [r for r in runs if r["seed"] in seeds]
         if entry.result_split == "valid":  # the protocol's selection split is its test part
             runs = [{**r, "test": r["valid"], "ranks": [], "split": None} for r in runs]

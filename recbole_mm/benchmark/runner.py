@@ -33,7 +33,8 @@ def expand(grid, finished, failed, machine):
     waiting for a tuning choice, the grid's total, and ``{(entry, dataset): tuned params}``."""
     ready, waiting, total, choices = [], 0, 0, {}
     for dataset in grid.datasets:
-        seeds = grid.seeds_for(dataset)
+        seeds = grid.run_seeds(dataset)
+        tuning_seed = grid.seeds_for(dataset)[0]
         entries = grid.entries_for(dataset)
         source = grid.tuned_on.get(dataset)
         for entry in [e for e in entries if e.search and source is not None]:
@@ -46,9 +47,10 @@ def expand(grid, finished, failed, machine):
             choices[(entry.name, dataset)] = params
             ready += [c for c in finals if c.key not in finished and c.key not in failed]
         for entry in [e for e in entries if e.search and source is None]:
-            trials = [make_cell(grid, entry, dataset, seeds[0], "trial", params, machine)
+            trials = [make_cell(grid, entry, dataset, tuning_seed, "trial", params, machine)
                       for params in entry.search_grid()]
-            total += len(trials) + len(seeds) - 1
+            later = [seed for seed in seeds if seed != tuning_seed]  # the best trial is the first seed's run
+            total += len(trials) + len(later)
             rows = [finished.get(cell.key) for cell in trials]
             ready += [cell for cell, row in zip(trials, rows) if row is None and cell.key not in failed]
             if all(row is not None or cell.key in failed for cell, row in zip(trials, rows)):
@@ -56,10 +58,10 @@ def expand(grid, finished, failed, machine):
                 if best is None:
                     continue  # every trial failed: nothing to choose
                 choices[(entry.name, dataset)] = best.params
-                finals = [make_cell(grid, entry, dataset, seed, "final", best.params, machine) for seed in seeds[1:]]
+                finals = [make_cell(grid, entry, dataset, seed, "final", best.params, machine) for seed in later]
                 ready += [c for c in finals if c.key not in finished and c.key not in failed]
             else:
-                waiting += len(seeds) - 1
+                waiting += len(later)
         for entry in [e for e in entries if not e.search]:
             total += len(seeds)
             if entry.tune_from is not None:
