@@ -17,9 +17,10 @@ lr 1e-3, wd 0.1, batch 64, no lr decay, validation every epoch (Hit@10), seed 20
 
 Commands (one core; run from a scratch folder so RecBole's log/ goes there)::
 
-    mkdir -p /tmp/transfer/run && cd /tmp/transfer/run
+    # SCRATCH: any scratch folder
+    mkdir -p SCRATCH/transfer/run && cd SCRATCH/transfer/run
     B=<repository>/benchmarks/bench_idagnostic_transfer.py  # DATA = the folder holding scientific/
-    export OMP_NUM_THREADS=1 OUT=/tmp/transfer/results.jsonl
+    export OMP_NUM_THREADS=1 OUT=SCRATCH/transfer/results.jsonl
     # source: every prefix row (ml-100k users have ~100 items; the default trains on the last 20 only)
     python $B --runs source --source_epochs 2 --source_config '{"dense_train_last_only": false}' --out $OUT
     python $B --data_path DATA --runs scratch transfer --epochs 3 --out $OUT                      # seed 2020

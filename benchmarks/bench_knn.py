@@ -14,8 +14,9 @@ Elec-scale (63,001 items) or Baby-scale (7,050 items) synthetic set; docs/datase
 Baby/Elec-scale sets") says how to make one. Only the item count and feature width matter here,
 so a few thousand users and interactions are enough.
 
-    python benchmarks/bench_knn.py --features /tmp/elec/image_feat.npy --modes exact,floor,approx
-    python benchmarks/bench_knn.py --features /tmp/baby/image_feat.npy --modes exact,floor,approx,dense
+    # SCRATCH: any scratch folder
+    python benchmarks/bench_knn.py --features SCRATCH/elec/image_feat.npy --modes exact,floor,approx
+    python benchmarks/bench_knn.py --features SCRATCH/baby/image_feat.npy --modes exact,floor,approx,dense
 
 Prints one JSON line per mode and a markdown table; ``--json PATH`` also saves the results.
 Wall times depend on what else runs on the machine: report the load with the numbers.

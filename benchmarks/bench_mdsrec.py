@@ -1,9 +1,10 @@
 """MDSRec timing on a Baby-scale synthetic set (docs/benchmarks/mdsrec.md).
 
-    # /tmp/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy;
+    # SCRATCH: any scratch folder
+    # SCRATCH/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy;
     # docs/datasets.md, "Synthetic Baby/Elec-scale sets")
-    python -m recbole_mm.prepare mmrec --src /tmp/src --name babyscale --out /tmp/data
-    python benchmarks/bench_mdsrec.py --data_path /tmp/data --dataset babyscale --steps 20 \
+    python -m recbole_mm.prepare mmrec --src SCRATCH/src --name babyscale --out SCRATCH/data
+    python benchmarks/bench_mdsrec.py --data_path SCRATCH/data --dataset babyscale --steps 20 \
         [--set '{"embedding_size": 64}'] [--full-epoch] [--threads 1]
 
 Measures (paper defaults of properties/model/MDSRec.yaml unless --set overrides):

@@ -1,7 +1,8 @@
 """Small CPU quality runs of MDSRec, its ablations and SASRec (docs/results/mdsrec.md).
 
     python benchmarks/bench_mdsrec_results.py --dataset scientific --data_path DATA --runs full sasrec no_cre \
-        --out /tmp/mdsrec_results.jsonl [--epochs 30] [--threads 1]
+        # SCRATCH: any scratch folder
+        --out SCRATCH/mdsrec_results.jsonl [--epochs 30] [--threads 1]
 
 ``DATA`` is the folder holding ``scientific/``; ml-100k needs none (RecBole ships it).
 

@@ -1,8 +1,9 @@
 """Time MMSR training epochs (and full-sort evaluation) through RecBole's trainer.
 
     python benchmarks/bench_mmsr.py --data_path DATA --dataset scientific --epochs 2
-    python benchmarks/bench_mmsr.py --data_path /tmp/sci2 --dataset scientific2 \
-        --modalities image text --epochs 2 --export /tmp/mmsr_official/data
+    # SCRATCH: any scratch folder
+    python benchmarks/bench_mmsr.py --data_path SCRATCH/sci2 --dataset scientific2 \
+        --modalities image text --epochs 2 --export SCRATCH/mmsr_official/data
 
 ``DATA`` is the folder holding ``scientific/`` (docs/datasets.md); ``scientific2`` is that set with
 a second modality added (docs/benchmarks/mmsr.md says how it was made).

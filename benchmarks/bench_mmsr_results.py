@@ -1,7 +1,8 @@
 """Small CPU result runs for docs/results/mmsr.md: MMSR variants beside SASRec on one dataset.
 
     python benchmarks/bench_mmsr_results.py --dataset scientific --data_path DATA \
-        --runs MMSR SASRec MMSR:han_mode=ho --out /tmp/mmsr_results.jsonl
+        # SCRATCH: any scratch folder
+        --runs MMSR SASRec MMSR:han_mode=ho --out SCRATCH/mmsr_results.jsonl
 
 ``DATA`` is the folder holding ``scientific/`` (docs/datasets.md); ml-100k needs none.
 A run is ``MODEL[:key=value,...]`` (values parsed as yaml). Every run uses the project protocol of

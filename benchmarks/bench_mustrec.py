@@ -1,9 +1,10 @@
 """MuSTRec timing on a Baby-scale synthetic set (docs/benchmarks/mustrec.md).
 
-    # /tmp/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy;
+    # SCRATCH: any scratch folder
+    # SCRATCH/src: a Baby-scale set in MMRec format (babyscale.inter, image_feat.npy, text_feat.npy;
     # docs/datasets.md, "Synthetic Baby/Elec-scale sets")
-    python -m recbole_mm.prepare mmrec --src /tmp/src --name babyscale --out /tmp/data
-    python benchmarks/bench_mustrec.py --data_path /tmp/data --dataset babyscale --steps 40
+    python -m recbole_mm.prepare mmrec --src SCRATCH/src --name babyscale --out SCRATCH/data
+    python benchmarks/bench_mustrec.py --data_path SCRATCH/data --dataset babyscale --steps 40
 
 Measures (paper defaults unless --set overrides): model construction (kNN graph, user-item
 graph), the mean time of --steps training steps after a warm-up step (Adam, pruned graph

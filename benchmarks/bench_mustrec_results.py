@@ -1,6 +1,7 @@
 """MuSTRec, its variants and SASRec on ml-100k / scientific with one protocol (docs/results/mustrec.md).
 
-    python benchmarks/bench_mustrec_results.py --dataset scientific --data_path DATA --out /tmp/mustrec_sci.jsonl
+    # SCRATCH: any scratch folder
+    python benchmarks/bench_mustrec_results.py --dataset scientific --data_path DATA --out SCRATCH/mustrec_sci.jsonl
     python benchmarks/bench_mustrec_results.py --dataset ml-100k --runs MuSTRec,SASRec
 
 Protocol: leave-one-out (valid = second-to-last, test = last item), time order, full ranking,

@@ -1,10 +1,11 @@
 """MuSTRec against the official code: same data, same epochs, one core each (docs/benchmarks/mustrec.md).
 
     # ours: train --epochs epochs (paper defaults), record each epoch's training and validation time
-    python benchmarks/bench_mustrec_vs_official.py ours --data_path /tmp/mustrec/data \
-        --dataset babyscale --epochs 6 --out /tmp/mustrec/ours.json
+    # SCRATCH: any scratch folder
+    python benchmarks/bench_mustrec_vs_official.py ours --data_path SCRATCH/mustrec/data \
+        --dataset babyscale --epochs 6 --out SCRATCH/mustrec/ours.json
     # the official run writes src/log/MuSTRec-baby-<time>.log; put the two side by side
-    python benchmarks/bench_mustrec_vs_official.py compare --ours /tmp/mustrec/ours.json \
+    python benchmarks/bench_mustrec_vs_official.py compare --ours SCRATCH/mustrec/ours.json \
         --official OFFICIAL/src/log/MuSTRec-baby-<time>.log
 
 How the official code was made to run on CPU / Python 3.11 is in docs/benchmarks/mustrec.md; its

@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_check.py                        # generates its data, writes gpu_check.json/.md
     python benchmarks/gpu_check.py --data DATA_ROOT       # DATA_ROOT/babyscale/ prepared by recbole_mm.prepare
-    python benchmarks/gpu_check.py --dry-run --out /tmp/x # tiny sizes on CPU, DDP command not run (tests)
+    # SCRATCH: any scratch folder
+    python benchmarks/gpu_check.py --dry-run --out SCRATCH/x # tiny sizes on CPU, DDP command not run (tests)
 
 Stages, in order, each timed and recorded even when a later one fails; a stage that would start
 after ``--budget_s`` is skipped and marked so (default 450 s, so the whole command stays under 8
