@@ -392,3 +392,15 @@ def test_which_model_section_names_leader_ties_and_cheapest(tmp_path):
     assert ("B" in tied_line) != separated
     assert "the cheapest of these per run is C" in tied_line
     assert "On cold targets" not in section  # 2 cold test users are too few to name a winner
+    assert "All datasets" not in section  # one dataset: nothing to combine
+    # a second dataset where C has not run: the combined line names only rows judged on both
+    spec = yaml.safe_load(grid_path.read_text())
+    spec["datasets"]["e"] = {}
+    grid_path.write_text(yaml.safe_dump(spec))
+    for row in rows:
+        store.append({**row, "key": row["key"] + "e", "dataset": "e"})
+    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"))
+    line = next(line for line in text.splitlines() if line.startswith("- **All datasets** (d, e)"))
+    judged, _, unjudged = line.partition("Not run on every dataset yet")
+    assert "A" in judged.split(":", 1)[1] and ("B" in judged.split(":", 1)[1]) != separated
+    assert "C" not in judged.split(":", 1)[1] and unjudged.endswith(": C.")

@@ -398,6 +398,7 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
     parts = ["## Which model to use (computed from the tables below)", "",
              f"Tests as in the tables: paired t-test over seeds and Wilcoxon test over the first seed's test users, "
              f"at p <= {alpha}; *tied* = neither test separates the row from the leader.", ""]
+    contenders = {}  # {dataset: the leader and the rows tied with it}
     for dataset, (table, best_baseline) in main.items():
         ranked = sorted(table, key=lambda n: -np.mean(table[n]["values"][primary]))
         leader = ranked[0]
@@ -415,6 +416,7 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
             p_seeds, p_users = _compare(table, name, leader, store, primary)
             if not (p_seeds <= alpha or p_users <= alpha):
                 tied.append(name)
+        contenders[dataset] = [leader] + tied
         if tied:
             group = [leader] + tied
             cheapest = min(group, key=lambda n: np.mean(table[n]["cpu_s"]))
@@ -430,7 +432,23 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
             lines.append(f"  On cold targets ({n_cold} test users, {metric_label(cold_metric)}) the best is "
                          f"{best_cold} ({fmt(cold[best_cold])}).")
         parts += lines
+    if len(main) >= 2:
+        parts += _everywhere_line(main, contenders)
     return parts + [""]
+
+
+def _everywhere_line(main, contenders):
+    """The rows that lead or are tied with the leader on every dataset of the leaderboard, and
+    the rows that cannot be judged so because some dataset has no results for them."""
+    names = list(dict.fromkeys(n for table, _ in main.values() for n in table))
+    everywhere = [n for n in names if all(n in contenders[d] for d in main)]
+    partial = [n for n in names if any(n not in table for table, _ in main.values())]
+    text = (f"leading or tied with the leader on every one: {', '.join(everywhere)}." if everywhere
+            else "no row leads or ties with the leader on every one.")
+    line = f"- **All datasets** ({', '.join(main)}): {text}"
+    if partial:
+        line += f" Not run on every dataset yet, so not judged: {', '.join(partial)}."
+    return [line]
 
 
 def cold_section(main, store, metric="ndcg@10"):
