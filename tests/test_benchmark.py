@@ -15,7 +15,7 @@ import yaml
 
 from recbole_mm.benchmark.grid import Entry, GridError, load_grid, restrict
 from recbole_mm.benchmark.metrics import paired_t_p, per_user, wilcoxon_p
-from recbole_mm.benchmark.report import build_report, cost_report, selected_runs
+from recbole_mm.benchmark.report import build_report, cost_report, fmt_p, selected_runs
 from recbole_mm.benchmark.runner import best_trial, expand, run_grid
 from recbole_mm.benchmark.store import ResultStore
 from tests.conftest import REPO_ROOT, write_tiny_dataset
@@ -360,6 +360,33 @@ def test_report_tables_from_a_fixture_results_file(tmp_path):
     cost = cost_report(load_grid(str(grid_path)), store, str(tmp_path / "cost.md"))
     assert "| d | A | 3 | 12 | 1.0 | 0.8 | 0.04 | 0.10 |" in cost  # 3 runs x 50 s CPU = 0.04 h
     assert "6 finished runs, **0.1 CPU hours**" in cost
+
+
+def test_ablation_table_tests_variants_against_the_full_model(tmp_path):
+    """An ablation table has no baseline: its p-values compare each variant with the full model."""
+    from scipy.stats import ttest_rel
+
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(yaml.safe_dump({"valid_metric": "NDCG@20", "stopping_step": 10, "epochs": 300}))
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"protocol": [str(protocol)], "seeds": [1, 2, 3], "datasets": {"d": {}},
+                                         "entries": {"A": {"model": "SASRec", "search": {"learning_rate": [0.1]}},
+                                                     "A-x": {"model": "SASRec", "tune_from": "A", "table": "Ablations"}}}))
+    store = ResultStore(str(tmp_path / "res.jsonl"))
+    rows, ranks = _fixture_rows(store)
+    for row in rows:  # A: the tuned full model (trial on seed 1); A-x: the variant, with B's ranks
+        params = {"learning_rate": 0.1}
+        if row["entry"] == "A":
+            store.append({**row, "role": "trial" if row["seed"] == 1 else "final", "params": params})
+        else:
+            store.append({**row, "key": row["key"].replace("B", "X"), "entry": "A-x", "params": params})
+    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"))
+    table = text.split("## Ablations")[1]
+    variant = next(line for line in table.splitlines() if line.startswith("| A-x"))
+    assert next(line for line in table.splitlines() if line.startswith("| A ")).startswith("| A ◆")
+    expected = ttest_rel([per_user(ranks[("B", s)], "ndcg@20").mean() for s in (1, 2, 3)],
+                         [per_user(ranks[("A", s)], "ndcg@20").mean() for s in (1, 2, 3)]).pvalue
+    assert fmt_p(expected) in variant.split("|")[-5]
 
 
 def test_which_model_section_names_leader_ties_and_cheapest(tmp_path):

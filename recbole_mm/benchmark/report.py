@@ -73,9 +73,10 @@ def _first_best(trials, entry):
 
 
 # ------------------------------------------------------------------ statistics
-def summarize(selected, store, grid, dataset, entries, metrics=METRICS, primary="ndcg@20"):
+def summarize(selected, store, grid, dataset, entries, metrics=METRICS, primary="ndcg@20", reference=None):
     """Per entry: mean, sd and per-seed values of each test metric, the p-values against the best
-    baseline (paired t over seeds; Wilcoxon over test users of the first seed), epochs and time."""
+    baseline (paired t over seeds; Wilcoxon over test users of the first seed), epochs and time.
+    A table without a baseline (an ablation table) is tested against ``reference`` instead."""
     table = {}
     for name in entries:
         chosen = selected.get((name, dataset))
@@ -92,6 +93,8 @@ def summarize(selected, store, grid, dataset, entries, metrics=METRICS, primary=
         }
     baselines = [n for n in table if grid.entries[n].baseline]
     best_baseline = max(baselines, key=lambda n: np.mean(table[n]["values"][primary]), default=None)
+    if best_baseline is None and reference in table:
+        best_baseline = reference
     for name, stats in table.items():
         stats["p_seeds"] = stats["p_users"] = math.nan
         if best_baseline is not None and name != best_baseline:
@@ -261,7 +264,8 @@ def protocol_paragraph(grid, selected):
         f"{' / '.join(map(str, sizes)) if sizes else 0} configurations on the first seed, chosen on validation; "
         f"the other seeds rerun the chosen values. **Seeds**: {', '.join(map(str, grid.seeds))}; mean ± sample sd.",
         "- **Significance** against the best baseline (◆) on the primary metric: *p seeds* = paired t-test over "
-        "seeds; *p users* = Wilcoxon signed-rank test over the test users of the first seed.",
+        "seeds; *p users* = Wilcoxon signed-rank test over the test users of the first seed; in an ablation "
+        "table without a baseline, against the full model (◆).",
     ]
     for name, keys in grid.datasets.items():
         own = [f"{k}={v}" for k, v in keys.items() if k not in MACHINE_KEYS]
@@ -353,7 +357,9 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
             continue
         parts += [f"## {'Leaderboard' if table_name == 'main' else table_name}", ""]
         for dataset in grid.datasets:
-            table, best_baseline = summarize(selected, store, grid, dataset, names, metrics=metrics, primary=primary)
+            reference = None if table_name == "main" else names[0]  # ablations: against the full model
+            table, best_baseline = summarize(selected, store, grid, dataset, names, metrics=metrics, primary=primary,
+                                             reference=reference)
             if not table or (table_name != "main" and len(table) < 2):
                 continue  # an ablation table needs the full model and at least one variant
             if table_name == "main":
