@@ -420,6 +420,7 @@ def test_which_model_section_names_leader_ties_and_cheapest(tmp_path):
     assert "the cheapest of these per run is C" in tied_line
     assert "On cold targets" not in section  # 2 cold test users are too few to name a winner
     assert "All datasets" not in section  # one dataset: nothing to combine
+    assert "seed(s) so far" not in section  # every row has its 3 seeds
     # a second dataset where C has not run: the combined line names only rows judged on both
     spec = yaml.safe_load(grid_path.read_text())
     spec["datasets"]["e"] = {}

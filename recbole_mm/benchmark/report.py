@@ -410,6 +410,9 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
         leader = ranked[0]
         mean, sd = mean_sd(table[leader]["values"][primary])
         lines = [f"- **{dataset}**: highest test {label}: **{leader}** ({fmt(mean, sd)})."]
+        most = max(stats["n"] for stats in table.values())
+        if table[leader]["n"] < most:  # a mean over fewer seeds than the other rows is less settled
+            lines[0] += f" Only {table[leader]['n']} seed(s) so far, against {most} for other rows."
         if best_baseline and leader != best_baseline:
             p_seeds, p_users = table[leader]["p_seeds"], table[leader]["p_users"]
             ahead = (p_seeds <= alpha) or (p_users <= alpha)
