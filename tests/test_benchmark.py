@@ -432,3 +432,37 @@ def test_which_model_section_names_leader_ties_and_cheapest(tmp_path):
     judged, _, unjudged = line.partition("Not run on every dataset yet")
     assert "A" in judged.split(":", 1)[1] and ("B" in judged.split(":", 1)[1]) != separated
     assert "C" not in judged.split(":", 1)[1] and unjudged.endswith(": C.")
+
+
+def test_fixed_budget_dataset_is_reported_but_not_counted_as_capped_or_combined(tmp_path):
+    """A dataset with its own epoch budget (runs stop at the budget by design) gets its table and
+    leader line, but its runs do not count as hitting the protocol's cap, and the every-dataset
+    line combines only the converged datasets."""
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text(yaml.safe_dump({"valid_metric": "NDCG@20", "stopping_step": 10, "epochs": 300}))
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({
+        "protocol": [str(protocol)], "seeds": [1, 2, 3],
+        "datasets": {"d": {}, "e": {}, "f": {"seeds": [1], "epochs": 10}},
+        "entries": {"A": {"model": "SASRec"}, "B": {"model": "SASRec", "baseline": True}}}))
+    store = ResultStore(str(tmp_path / "res.jsonl"))
+    rows, _ = _fixture_rows(store)
+    for row in rows:
+        store.append(row)
+        store.append({**row, "key": row["key"] + "e", "dataset": "e"})
+        if row["seed"] == 1:  # f: one seed, stopped by its budget
+            store.append({**row, "key": row["key"] + "f", "dataset": "f", "stopped_by_patience": False})
+    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"))
+    assert "0 of 12 runs reached the epoch cap (not counted: the runs on f," in text
+    assert "### f" in text
+    leader_f = next(line for line in text.splitlines() if line.startswith("- **f**: highest"))
+    assert "Fixed budget of 10 epochs and 1 seed(s)" in leader_f
+    combined = next(line for line in text.splitlines() if line.startswith("- **All datasets**"))
+    assert combined.startswith("- **All datasets** (d, e):") and "f: fixed budget" in combined
+    # without the budget key the same f runs count as capped and join the combined line
+    spec = yaml.safe_load(grid_path.read_text())
+    spec["datasets"]["f"] = {"seeds": [1]}
+    grid_path.write_text(yaml.safe_dump(spec))
+    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"))
+    assert "2 of 14 runs reached the epoch cap." in text
+    assert "- **All datasets** (d, e, f):" in text

@@ -107,6 +107,10 @@ class Grid:
     def entries_for(self, dataset):
         return [e for e in self.entries.values() if e.datasets is None or dataset in e.datasets]
 
+    def fixed_budget(self, dataset):
+        """The epoch count a dataset sets for itself (its runs stop there, not by patience), else None."""
+        return self.datasets.get(dataset, {}).get("epochs")
+
     def search_budget(self):
         """{entry name: number of configurations searched} for entries with a search space."""
         return {e.name: len(e.search_grid()) for e in self.entries.values() if e.search}

@@ -243,8 +243,9 @@ def protocol_paragraph(grid, selected):
     on_selection_split = [e.name for e in grid.entries.values() if e.result_split == "valid"]
     budget = grid.search_budget()
     sizes = sorted(set(budget.values()))
-    runs = [r for chosen in selected.values() for r in chosen["runs"]]
+    runs = [r for (_, dataset), chosen in selected.items() if not grid.fixed_budget(dataset) for r in chosen["runs"]]
     capped = sum(not r["stopped_by_patience"] for r in runs)
+    fixed = sorted({d for _, d in selected if grid.fixed_budget(d)})
     lines = [
         "- **Split**: "
         + "; ".join(([split_phrase(split)] if sum(map(len, entry_splits.values())) < len(grid.entries) else [])
@@ -256,7 +257,9 @@ def protocol_paragraph(grid, selected):
         f"{facts.get('epochs')} epochs; test metrics only of the validation-selected checkpoint"
         + (f" (rows {', '.join(on_selection_split)} have no test part: they report the split they were "
            "selected on, as the paper's protocol does, so they overstate)" if on_selection_split else "")
-        + f". {capped} of {len(runs)} runs reached the epoch cap.",
+        + f". {capped} of {len(runs)} runs reached the epoch cap"
+        + (f" (not counted: the runs on {', '.join(fixed)}, which train a fixed number of epochs by design)"
+           if fixed else "") + ".",
         f"- **Size**: embedding size {facts.get('embedding_size', facts.get('hidden_size'))} for every model; "
         f"sequence length {facts.get('MAX_ITEM_LIST_LENGTH')}; batch {facts.get('train_batch_size')}; "
         f"loss {facts.get('loss_type', 'CE')} (full softmax over items) unless a row says otherwise.",
@@ -371,7 +374,7 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
                 parts += [f"Not run on {dataset} yet (in the grid, no results): {', '.join(missing)}.", ""]
     if main:
         protocol_end = parts.index("## Leaderboard")
-        parts[protocol_end:protocol_end] = takeaways_section(main, store, primary)
+        parts[protocol_end:protocol_end] = takeaways_section(main, store, primary, grid=grid)
         parts += cold_section(main, store)
     if selected:
         parts += chosen_section(grid, selected)
@@ -396,10 +399,11 @@ def build_report(grid, store, out_md, figure_dir=None, title="Results", intro=""
     return text
 
 
-def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
+def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05, grid=None):
     """What a user choosing a model reads first, per dataset, computed from the same tables: the
     leader, whether it beats the best baseline, which rows cannot be told apart from it, the
-    cheapest of those, and the leader on cold targets."""
+    cheapest of those, and the leader on cold targets. A dataset with a fixed epoch budget is
+    reported but left out of the every-dataset line: its runs are not converged."""
     label = metric_label(primary)
     parts = ["## Which model to use (computed from the tables below)", "",
              f"Tests as in the tables: paired t-test over seeds and Wilcoxon test over the first seed's test users, "
@@ -413,6 +417,10 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
         most = max(stats["n"] for stats in table.values())
         if table[leader]["n"] < most:  # a mean over fewer seeds than the other rows is less settled
             lines[0] += f" Only {table[leader]['n']} seed(s) so far, against {most} for other rows."
+        budget = grid.fixed_budget(dataset) if grid else None
+        if budget:
+            lines[0] += (f" Fixed budget of {budget} epochs and {most} seed(s): not converged runs, so a ranking "
+                         "at this budget, not of the models.")
         if best_baseline and leader != best_baseline:
             p_seeds, p_users = table[leader]["p_seeds"], table[leader]["p_users"]
             ahead = (p_seeds <= alpha) or (p_users <= alpha)
@@ -441,8 +449,12 @@ def takeaways_section(main, store, primary, cold_metric="ndcg@10", alpha=0.05):
             lines.append(f"  On cold targets ({n_cold} test users, {metric_label(cold_metric)}) the best is "
                          f"{best_cold} ({fmt(cold[best_cold])}).")
         parts += lines
-    if len(main) >= 2:
-        parts += _everywhere_line(main, contenders)
+    converged = {d: v for d, v in main.items() if not (grid and grid.fixed_budget(d))}
+    if len(converged) >= 2:
+        parts += _everywhere_line(converged, contenders)
+        if len(converged) < len(main):
+            parts[-1] += (f" ({', '.join(d for d in main if d not in converged)}: fixed budget, not converged, "
+                          "left out of this line.)")
     return parts + [""]
 
 
