@@ -446,13 +446,19 @@ def test_fixed_budget_dataset_is_reported_but_not_counted_as_capped_or_combined(
         "datasets": {"d": {}, "e": {}, "f": {"seeds": [1], "epochs": 10}},
         "entries": {"A": {"model": "SASRec"}, "B": {"model": "SASRec", "baseline": True}}}))
     store = ResultStore(str(tmp_path / "res.jsonl"))
-    rows, _ = _fixture_rows(store)
+    rows, ranks = _fixture_rows(store)
     for row in rows:
         store.append(row)
         store.append({**row, "key": row["key"] + "e", "dataset": "e"})
         if row["seed"] == 1:  # f: one seed, stopped by its budget
             store.append({**row, "key": row["key"] + "f", "dataset": "f", "stopped_by_patience": False})
-    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"))
+    claims = [{"paper": "P", "claim": "A beats B on f", "compare": {"dataset": "f", "a": "A", "b": "B"}}]
+    text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"), claims=claims)
+    # one seed: the claim is tested over that seed's test users (Wilcoxon), not left untested
+    p_users = wilcoxon_p(per_user(ranks[("A", 1)], "ndcg@20"), per_user(ranks[("B", 1)], "ndcg@20"))
+    claim_row = next(line for line in text.splitlines() if line.startswith("| 1 | P |"))
+    assert f"(1 seed)" in claim_row and f"p users {fmt_p(p_users)}" in claim_row
+    assert "same direction, not significant" in claim_row  # 4 users cannot reach p <= .05
     assert "0 of 12 runs reached the epoch cap (not counted: the runs on f," in text
     assert "### f" in text
     leader_f = next(line for line in text.splitlines() if line.startswith("- **f**: highest"))
@@ -466,3 +472,17 @@ def test_fixed_budget_dataset_is_reported_but_not_counted_as_capped_or_combined(
     text = build_report(load_grid(str(grid_path)), store, str(tmp_path / "results.md"))
     assert "2 of 14 runs reached the epoch cap." in text
     assert "- **All datasets** (d, e, f):" in text
+
+
+def test_shipped_claims_name_entries_the_leaderboard_runs_on_that_dataset():
+    """A claim whose entry or dataset is misspelt would read 'not run yet' forever."""
+    grid = load_grid(os.path.join(REPO_ROOT, "recbole_mm", "properties", "benchmark", "leaderboard.yaml"))
+    with open(os.path.join(REPO_ROOT, "recbole_mm", "properties", "benchmark", "claims.yaml")) as handle:
+        claims = yaml.safe_load(handle)
+    for number, claim in enumerate(claims, start=1):
+        compare = claim["compare"]
+        assert compare["dataset"] in grid.datasets, number
+        runs_there = {e.name for e in grid.entries_for(compare["dataset"])}
+        assert {compare["a"], compare["b"]} <= runs_there, (number, compare)
+        assert compare.get("metric", "ndcg@20") in ("hit@10", "hit@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20")
+        assert compare.get("expect", "a>b") in ("a>b", "a<b")
