@@ -48,6 +48,20 @@ def export_official(model, dataset_split, path, n_codes):
         pickle.dump(rows, handle)
 
 
+def export_official_folder(model, train_split, test_split, folder, n_codes):
+    """``train.pkl``, ``test.pkl`` (rows of the two splits) and ``codes.pkl`` (centres, item->code
+    lists, item count) in ``folder``, as the official code reads them."""
+    os.makedirs(folder, exist_ok=True)
+    export_official(model, train_split, os.path.join(folder, "train.pkl"), n_codes)
+    export_official(model, test_split, os.path.join(folder, "test.pkl"), n_codes)
+    codes = {"centres": [t.weight.detach().numpy() for t in model.code_embeddings],
+             "item_codes": [(model.eval_item_codes_0.clamp(min=0) + model.n_items).tolist(),
+                            (model.eval_item_codes_1.clamp(min=0) + model.n_items + n_codes).tolist()],
+             "n_items": model.n_items}
+    with open(os.path.join(folder, "codes.pkl"), "wb") as handle:
+        pickle.dump(codes, handle)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(parser, dataset="scientific")
@@ -76,15 +90,7 @@ def main():
     model = registry.get_model("MMSR")(config, train_data._dataset).to(config["device"])
     print(f"model + codes: {time.time() - start:.1f}s; training rows {len(train_data.dataset)}")
     if args.export:
-        os.makedirs(args.export, exist_ok=True)
-        export_official(model, train_data.dataset, os.path.join(args.export, "train.pkl"), config["code_num"])
-        export_official(model, test_data.dataset, os.path.join(args.export, "test.pkl"), config["code_num"])
-        codes = {"centres": [t.weight.detach().numpy() for t in model.code_embeddings],
-                 "item_codes": [(model.eval_item_codes_0.clamp(min=0) + model.n_items).tolist(),
-                                (model.eval_item_codes_1.clamp(min=0) + model.n_items + config["code_num"]).tolist()],
-                 "n_items": model.n_items}
-        with open(os.path.join(args.export, "codes.pkl"), "wb") as handle:
-            pickle.dump(codes, handle)
+        export_official_folder(model, train_data.dataset, test_data.dataset, args.export, config["code_num"])
     trainer = registry.get_trainer(config["MODEL_TYPE"], "MMSR")(config, model)
     for epoch in range(args.epochs):
         start = time.time()
