@@ -17,7 +17,8 @@
         --out docs/results/mmsr_parity.md
 
 One JSON line per epoch is appended to ``--out`` as soon as the epoch ends (a killed run keeps its
-finished epochs): code, seed, epoch, training loss, epoch time, HR/MRR@5/20 on the held-out 20 %.
+finished epochs): code, seed, epoch, training loss as each code reports it (ours: RecBole's sum over
+the epoch's batches; official: the mean per batch), epoch time, HR/MRR@5/20 on the held-out 20 %.
 Both codes are read the way the official code reads itself: each metric's best epoch on the held-out
 part (there is no validation part in this protocol), so the comparison is of two implementations,
 not an honest estimate of either (docs/results/mmsr_paper.md has the honest one).
@@ -43,11 +44,17 @@ import types
 import numpy as np
 
 from common import add_data_args, append_record, data_overrides, run_entry_point, scratch_dir  # first: this checkout
+from recbole_mm.errors import DatasetError, MissingFileError
 
 # The official defaults (config/VLGraph::4::beauty.yaml): both codes use these.
 OFFICIAL = {"embedding_size": 128, "batch_size": 128, "lr": 0.002, "dropout_local": 0.4, "dropout_atten": 0.2,
             "n_layer": 1, "max_len": 50, "code_num": 20, "code_k": 1}
 METRICS = ("hit@5", "mrr@5", "hit@20", "mrr@20")
+
+
+def metric_name(metric):
+    """``hit@20`` -> ``HR@20``, as the tables name the metrics."""
+    return metric.upper().replace("HIT", "HR")
 
 
 def stamp(args):
@@ -115,7 +122,7 @@ def load_official(official_dir):
     from torch import nn
 
     if not os.path.isfile(os.path.join(official_dir, "model.py")):
-        raise FileNotFoundError(f"--official_dir {official_dir}: no model.py; pass a checkout of HoldenHu/MMSR")
+        raise MissingFileError(f"--official_dir {official_dir}: no model.py; pass a checkout of HoldenHu/MMSR")
     torch.Tensor.cuda = lambda self, *a, **k: self
     nn.Module.cuda = lambda self, *a, **k: self
     stub = types.ModuleType("torch_geometric")
@@ -134,16 +141,18 @@ def run_official(args):
     import torch
 
     torch.set_num_threads(args.threads)
+    loaded = []
+    for name in ("train.pkl", "test.pkl", "codes.pkl"):
+        if not os.path.isfile(os.path.join(args.export, name)):
+            raise MissingFileError(f"--export {args.export}: no {name}; write the folder first with "
+                                   "`bench_mmsr_vs_official.py ours --export FOLDER`")
+        with open(os.path.join(args.export, name), "rb") as handle:
+            loaded.append(pickle.load(handle))
+    train_rows, test_rows, codes = loaded
     data_utils, official_model = load_official(args.official_dir)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    with open(os.path.join(args.export, "train.pkl"), "rb") as handle:
-        train_rows = pickle.load(handle)
-    with open(os.path.join(args.export, "test.pkl"), "rb") as handle:
-        test_rows = pickle.load(handle)
-    with open(os.path.join(args.export, "codes.pkl"), "rb") as handle:
-        codes = pickle.load(handle)
     name = "exported"
     config = {"dataset": name, "num_node": {name: data_utils.get_item_num(train_rows, test_rows)},
               "cluster_num": {name: OFFICIAL["code_num"]}, "batch_size": OFFICIAL["batch_size"],
@@ -154,7 +163,7 @@ def run_official(args):
               "auxiliary_info": ["pos", "node_type"], "seq_pooling": "last", "modality_prediction": False,
               "noise_type": [], "noise_level": 0}
     if config["num_node"][name] != codes["n_items"]:
-        raise ValueError(f"item count {config['num_node'][name]} of the rows differs from the codes' {codes['n_items']}")
+        raise DatasetError(f"item count {config['num_node'][name]} of the rows differs from the codes' {codes['n_items']}")
     train = data_utils.Data(config, train_rows, OFFICIAL["code_k"])
     test = data_utils.Data(config, test_rows, OFFICIAL["code_k"])
     model = official_model.VLGraph(config, codes["centres"][0], codes["centres"][1],
@@ -239,7 +248,7 @@ def compare(args):
     for row in rows:
         runs.setdefault((row["code"], row["seed"]), []).append(row)
     epochs = min(len(v) for v in runs.values())
-    names = " | ".join(m.upper().replace("HIT", "HR") for m in METRICS)
+    names = " | ".join(metric_name(m) for m in METRICS)
     out = [PAGE_HEAD.format(source=os.path.relpath(args.results, os.path.dirname(args.out)) if args.out else args.results,
                             epochs=epochs, n_official=sum(c == "official" for c, _ in runs),
                             n_ours=sum(c == "recbole_mm" for c, _ in runs)),
@@ -265,7 +274,7 @@ def compare(args):
         verdicts = []
         for m in METRICS:
             mean, sd = statistics.mean(v[m] for v in ours), statistics.stdev(v[m] for v in ours)
-            name = m.upper().replace("HIT", "HR")
+            name = metric_name(m)
             if sd == 0:
                 verdicts.append(f"{name}: our seeds agree exactly, no z")
                 continue

@@ -85,3 +85,26 @@ def test_official_stopping_rule_by_hand():
     assert parity.official_stop_epoch(run([0.1, 0.2] + [0.1] * 8)) is None
     # an improvement in the middle starts the count again
     assert parity.official_stop_epoch(run([0.1, 0.2, 0.1, 0.1, 0.3] + [0.1] * 9)) == 13
+
+
+def test_missing_official_checkout_or_export_is_one_error_line(tmp_path):
+    import pickle
+    import subprocess
+
+    script = os.path.join(REPO_ROOT, "benchmarks", "bench_mmsr_vs_official.py")
+    checkout = tmp_path / "official"
+    checkout.mkdir()
+    (checkout / "model.py").write_text("")
+    export_folder = tmp_path / "export"
+    export_folder.mkdir()
+    for name in ("train.pkl", "test.pkl", "codes.pkl"):
+        (export_folder / name).write_bytes(pickle.dumps([]))
+    for official_dir, export, named in [(tmp_path / "none", export_folder, "--official_dir"),
+                                        (checkout, tmp_path / "empty", "no train.pkl")]:
+        done = subprocess.run([sys.executable, script, "official", "--official_dir", str(official_dir),
+                               "--export", str(export), "--epochs", "0", "--out", str(tmp_path / "x.jsonl")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0]
+    assert not (tmp_path / "x.jsonl").exists()
