@@ -158,6 +158,19 @@ def test_store_skips_and_repairs_a_torn_last_row(tmp_path):
     assert oct(os.stat(store.path).st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
+def test_store_keeps_ranks_beside_the_row_and_reads_old_inline_rows(tmp_path):
+    store = ResultStore(str(tmp_path / "r.jsonl"))
+    store.append({"key": "a", "status": "ok", "ranks": [3, 1, 7]})
+    with open(store.path, "a") as handle:  # a row written before ranks moved out of the line
+        handle.write(json.dumps({"key": "b", "status": "ok", "ranks": [2, 2]}) + "\n")
+    line = json.loads(open(store.path).readline())
+    assert isinstance(line["ranks"], str)
+    assert json.load(open(os.path.join(store.ranks_dir, line["ranks"] + ".json"))) == [3, 1, 7]
+    assert [r["ranks"] for r in store.rows()] == [[3, 1, 7], [2, 2]]
+    store.append({"key": "c", "status": "ok", "ranks": [3, 1, 7]})  # same ranks: one file
+    assert len(os.listdir(store.ranks_dir)) == 1
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

@@ -9,7 +9,8 @@ Run (the default command; resumable: finished cells are skipped, a rerun complet
 
 Every cell (model x dataset x seed) trains through run_recbole_mm in its own process; one JSON row
 per finished cell (config, seed, every valid/test metric, best epoch, epochs run, wall/CPU time,
-peak memory, per-user target ranks) is appended to --out, and the cell's log goes to
+peak memory, per-user target ranks) is appended to --out (the ranks and the split tables in files
+beside it, <out>.ranks/ and <out>.splits/, keep the results file small), and the cell's log goes to
 <out folder>/logs/. Entries with a search space in the grid file are tuned first (exhaustive grid,
 first seed, chosen on validation), then the other seeds rerun the chosen values.
 

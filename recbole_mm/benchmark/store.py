@@ -7,7 +7,11 @@ new rows are appended, so a rerun completes the grid without a half-written row.
 
 Split tables (the test users, their target items and how often each target occurs in training)
 are the same for every model on a dataset; they are stored once, content-addressed, next to the
-results file (``<results>.splits/<sha1>.json``) and rows refer to them by that hash.
+results file (``<results>.splits/<sha1>.json``) and rows refer to them by that hash. A row's
+per-user target ranks (one number per test user, the bulk of a row) are kept the same way in
+``<results>.ranks/<sha1>.json``, written before the row: the line holds their hash, and
+:meth:`ResultStore.rows` puts the list back, so readers always see ``row["ranks"]`` as a list
+(rows written with the list inline are read as they are).
 """
 import hashlib
 import json
@@ -20,6 +24,7 @@ class ResultStore:
     def __init__(self, path):
         self.path = os.path.abspath(path)
         self.split_dir = os.path.splitext(self.path)[0] + ".splits"
+        self.ranks_dir = os.path.splitext(self.path)[0] + ".ranks"
 
     # ------------------------------------------------------------------ rows
     def rows(self):
@@ -33,7 +38,10 @@ class ResultStore:
                     break  # torn tail of a killed writer
                 line = line.strip()
                 if line:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
+                    if isinstance(row.get("ranks"), str):
+                        row["ranks"] = _get(self.ranks_dir, row["ranks"])
+                    rows.append(row)
         return rows
 
     def finished(self):
@@ -53,8 +61,11 @@ class ResultStore:
             return len(data) - keep
 
     def append(self, row):
+        """Append ``row`` as one line; a ``ranks`` list goes to its own file first (module docstring)."""
         folder = os.path.dirname(self.path)
         os.makedirs(folder, exist_ok=True)
+        if isinstance(row.get("ranks"), list):
+            row = {**row, "ranks": _put(self.ranks_dir, row["ranks"])}
         line = (json.dumps(row, sort_keys=True, default=_plain) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
@@ -66,16 +77,25 @@ class ResultStore:
     # ------------------------------------------------------------------ splits
     def put_split(self, table):
         """Store a split table (dict of equal-length lists) once; returns its hash."""
-        payload = json.dumps(table, sort_keys=True).encode("utf-8")
-        digest = hashlib.sha1(payload).hexdigest()[:16]
-        path = os.path.join(self.split_dir, f"{digest}.json")
-        if not os.path.isfile(path):
-            atomic_write(path, lambda handle: handle.write(payload))
-        return digest
+        return _put(self.split_dir, table)
 
     def get_split(self, digest):
-        with open(os.path.join(self.split_dir, f"{digest}.json"), encoding="utf-8") as handle:
-            return json.load(handle)
+        return _get(self.split_dir, digest)
+
+
+def _put(folder, value):
+    """Write ``value`` as JSON to ``folder/<hash>.json`` unless it is there; returns the hash."""
+    payload = json.dumps(value, sort_keys=True).encode("utf-8")
+    digest = hashlib.sha1(payload).hexdigest()[:16]
+    path = os.path.join(folder, f"{digest}.json")
+    if not os.path.isfile(path):
+        atomic_write(path, lambda handle: handle.write(payload))
+    return digest
+
+
+def _get(folder, digest):
+    with open(os.path.join(folder, f"{digest}.json"), encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _plain(value):
