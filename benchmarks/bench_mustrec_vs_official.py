@@ -13,17 +13,32 @@ patches live outside this project. ``compare`` reads the official log's per-epoc
 ("epoch N training [time: X s", "epoch N evaluating [time: Y s" and the sequential-head metric
 dicts printed for validation then test) and selects the official test result at the epoch with
 the best validation HR@20, as the official trainer does.
+
+Training-step time of both codes in one run (issue 16.2), rounds of four runs one after the other
+on the same machine: ours (defaults), ours with ``cpu_keep_freed_memory: false``, the official
+code, and the official code with glibc set as ``cpu_keep_freed_memory`` sets ours (through
+``GLIBC_TUNABLES``), so the allocator's share is visible on both sides:
+
+    python benchmarks/bench_mustrec_vs_official.py steps --data_path SCRATCH/mustrec/data \
+        --dataset babyscale --official_src OFFICIAL/src --official_python OFFICIAL_VENV/bin/python \
+        --batches 20 --rounds 2 --out benchmarks/results/mustrec_steps.jsonl
+    python benchmarks/bench_mustrec_vs_official.py steps-report \
+        --results benchmarks/results/mustrec_steps.jsonl --out docs/benchmarks/mustrec_steps.md
 """
 import argparse
 import ast
 import json
 import logging
+import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 
-from common import data_root, run_entry_point, scratch_dir
+from common import REPO, append_record, data_root, run_entry_point, scratch_dir
+from recbole_mm.errors import MissingFileError
+from recbole_mm.utils import HEAP_KEPT_BYTES, HEAP_SERVED_BYTES
 
 EPOCH_LINE = re.compile(r"epoch (\d+) (training|evaluating) \[time: ([0-9.]+)s")
 METRIC_DICT = re.compile(r"(\{'HR@5'.*?\})")
@@ -120,6 +135,112 @@ def compare(args):
     print("\n".join(rows))
 
 
+BABY_FEATURES = {"multimodal_features": {"image": {"file": "image_feat.npy"}, "text": {"file": "text_feat.npy"}},
+                 "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
+# glibc set as recbole_mm.utils.keep_freed_memory sets it, for a process we cannot change
+SAME_ALLOCATOR = {"GLIBC_TUNABLES": f"glibc.malloc.mmap_threshold={HEAP_SERVED_BYTES}:"
+                                    f"glibc.malloc.trim_threshold={HEAP_KEPT_BYTES}"}
+STEP_VARIANTS = (  # (name, code, config overrides of ours, environment)
+    ("recbole_mm", "ours", {}, {}),
+    ("recbole_mm, cpu_keep_freed_memory: false", "ours", {"cpu_keep_freed_memory": False}, {}),
+    ("official", "official", None, {}),
+    ("official, allocator set as ours", "official", None, SAME_ALLOCATOR),
+)
+
+
+def last_json(output, prefix=""):
+    for line in reversed(output.splitlines()):
+        if line.startswith(prefix + "{"):
+            return json.loads(line[len(prefix):])
+    raise RuntimeError(f"no JSON line in the output:\n{output[-2000:]}")
+
+
+def time_steps(args, code, overrides, environment):
+    env = {**os.environ, **environment}
+    if code == "ours":
+        command = [sys.executable, os.path.join(REPO, "benchmarks", "bench_mustrec.py"), "--data_path", args.data_path,
+                   "--dataset", args.dataset, "--steps", str(args.batches), "--threads", str(args.threads),
+                   "--set", json.dumps({**BABY_FEATURES, **overrides})]
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        record = last_json(done.stdout) if done.returncode == 0 else None
+    else:
+        command = [args.official_python, os.path.join(REPO, "benchmarks", "official_mustrec_step.py"),
+                   "--batches", str(args.batches), "--threads", str(args.threads)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=args.official_src)
+        record = last_json(done.stdout, "STEP_JSON ") if done.returncode == 0 else None
+    if record is None:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return record
+
+
+def run_steps(args):
+    data_root(args.data_path, args.dataset)
+    if not os.path.isfile(os.path.join(args.official_src, "utils", "quick_start.py")):
+        raise MissingFileError(f"--official_src {args.official_src}: no utils/quick_start.py there; pass the src/ "
+                          f"folder of the CPU-patched official MuSTRec copy (docs/benchmarks/mustrec.md).")
+    from recbole_mm.benchmark.runner import code_version, host_facts
+
+    for round_index in range(args.rounds):
+        for name, code, overrides, environment in STEP_VARIANTS:
+            load_before = os.getloadavg()
+            record = time_steps(args, code, overrides or {}, environment)
+            row = {"round": round_index, "variant": name, "code": code, "threads": args.threads,
+                   "batches": args.batches, "step_s": record["step_s"], "step_cpu_s": record["step_cpu_s"],
+                   "batch_size": record.get("batch_size", 512), "batches_per_epoch": record["batches_per_epoch"],
+                   "peak_rss_gib": round(record["peak_rss_gib"], 2), "load_before": load_before,
+                   "load_after": os.getloadavg(), "environment": environment,
+                   "host": host_facts(args.threads), "code_version": code_version(),
+                   "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            append_record(args.out, row)
+
+
+def steps_report(args):
+    with open(args.results) as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    by_variant = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    mean_cpu = {name: statistics.mean(r["step_cpu_s"] for r in group) for name, group in by_variant.items()}
+    loads = [v for row in rows for v in (row["load_before"][0], row["load_after"][0])]
+    first = rows[0]
+    lines = [
+        "# MuSTRec training step: recbole_mm and the official code in one run",
+        "",
+        f"Generated by `python benchmarks/bench_mustrec_vs_official.py steps-report` from `{args.results}`.",
+        f"Machine: {first['host']['cpu']}, {first['host']['cores']} cores, no GPU; code {first['code_version']}; "
+        f"{first['threads']} torch thread per process; runs one after the "
+        f"other, nothing else running (load average {min(loads):.2f}-{max(loads):.2f} around the runs); "
+        f"{rows[0]['date'][:10]}. Each run: {first['batches']} training steps of {first['batch_size']} after one "
+        f"warm-up step, paper defaults on both sides, the Baby-scale synthetic set; a step is zero_grad, loss, "
+        f"backward and Adam (the official step covers the same: both losses, backward, Adam). CPU seconds per step, "
+        f"mean over {len(by_variant[first['variant']])} rounds.",
+        "",
+        "| variant | step CPU s (per round) | mean | wall s mean | batches / epoch | epoch CPU s (mean x batches) | peak RSS GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, group in by_variant.items():
+        per_round = ", ".join(f"{r['step_cpu_s']:.3f}" for r in group)
+        wall = statistics.mean(r["step_s"] for r in group)
+        batches = group[0]["batches_per_epoch"]
+        lines.append(f"| {name} | {per_round} | **{mean_cpu[name]:.3f}** | {wall:.3f} | {batches} | "
+                     f"{mean_cpu[name] * batches:.0f} | {max(r['peak_rss_gib'] for r in group):.2f} |")
+    ours, official = mean_cpu.get("recbole_mm"), mean_cpu.get("official")
+    same = mean_cpu.get("official, allocator set as ours")
+    lines += ["", "Ratios of mean step CPU time, ours / official:", ""]
+    if ours and official:
+        lines.append(f"- both as shipped (ours sets the allocator itself, the official code runs with glibc's "
+                     f"defaults): **{ours / official:.3f}**")
+    if ours and same:
+        lines.append(f"- both with the same allocator setting: **{ours / same:.3f}**")
+    plain = mean_cpu.get("recbole_mm, cpu_keep_freed_memory: false")
+    if plain and official:
+        lines.append(f"- both with glibc's defaults: **{plain / official:.3f}**")
+    text = "\n".join(lines) + "\n"
+    with open(args.out, "w") as handle:
+        handle.write(text)
+    print(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,8 +254,20 @@ def main():
     both = sub.add_parser("compare", help="table of our JSON against the official log")
     both.add_argument("--ours", required=True)
     both.add_argument("--official", required=True)
+    steps = sub.add_parser("steps", help="time both codes' training steps in one run, round after round")
+    steps.add_argument("--data_path", required=True, help="folder holding <dataset>/ (docs/datasets.md)")
+    steps.add_argument("--dataset", default="babyscale")
+    steps.add_argument("--official_src", required=True, help="src/ of the CPU-patched official copy")
+    steps.add_argument("--official_python", default=sys.executable, help="the Python that runs the official code")
+    steps.add_argument("--batches", type=int, default=20)
+    steps.add_argument("--rounds", type=int, default=2)
+    steps.add_argument("--threads", type=int, default=1)
+    steps.add_argument("--out", default="mustrec_steps.jsonl")
+    report = sub.add_parser("steps-report", help="markdown table of a steps results file")
+    report.add_argument("--results", required=True)
+    report.add_argument("--out", required=True)
     args = parser.parse_args()
-    run_ours(args) if args.command == "ours" else compare(args)
+    {"ours": run_ours, "compare": compare, "steps": run_steps, "steps-report": steps_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from recbole.utils import set_color
 from recbole_mm import distributed
 from recbole_mm.data.dataset import TARGET_POSITION_FIELD
 from recbole_mm.errors import ConfigError, UserPathError
-from recbole_mm.utils import atomic_write, run_stamp
+from recbole_mm.utils import atomic_write, keep_freed_memory, run_stamp
 
 RESUME_FORMAT = "recbole_mm-resume-state"
 LAST_SUFFIX = "-last.pth"
@@ -142,6 +142,8 @@ class SafeLoadMixin:
     def __init__(self, config, model):
         with distributed.defer_ddp(config) as is_distributed:
             super().__init__(config, model)
+        if self.device.type == "cpu" and config["cpu_keep_freed_memory"] is not False:
+            keep_freed_memory()
         if hasattr(self, "saved_model_file"):
             self.saved_model_file = os.path.join(self.checkpoint_dir, f"{config['model']}-{run_stamp()}.pth")
         self._pending_random_state = None  # set by resume_checkpoint, applied when its epoch starts

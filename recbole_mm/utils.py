@@ -210,3 +210,34 @@ def damaged_outputs(folder, checksums):
         if not os.path.isfile(path) or file_sha256(path) != expected:
             damaged.append(name)
     return damaged
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_KEPT_BYTES = 1 << 30  # freed memory kept at the top of the heap before it goes back to the OS
+HEAP_SERVED_BYTES = 32 << 20  # blocks up to this size come from the heap (glibc's largest allowed)
+_heap_reuse = {"applied": None}
+
+
+def keep_freed_memory():
+    """Make glibc's allocator reuse freed memory instead of unmapping it (the ``cpu_keep_freed_memory``
+    key, applied once per process by the recbole_mm trainers on CPU).
+
+    By default glibc serves large blocks (the activations of a training step: tens of MB) with a
+    fresh ``mmap`` and returns them on ``free``, so every step touches new pages and pays a page
+    fault per 4 KiB: about 10,000 faults and 8 % of a MuSTRec step on Baby scale
+    (docs/benchmarks/mustrec.md). With blocks up to 32 MiB served from the heap and up to 1 GiB
+    of freed memory kept there, the next step reuses the same pages. The price is that the process
+    keeps its peak memory instead of shrinking between steps. Returns whether it applied (False on
+    systems without glibc's ``mallopt``)."""
+    if _heap_reuse["applied"] is None:
+        import ctypes
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+            _heap_reuse["applied"] = False
+        else:
+            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            _heap_reuse["applied"] = bool(mallopt(_M_TRIM_THRESHOLD, HEAP_KEPT_BYTES)
+                                          and mallopt(_M_MMAP_THRESHOLD, HEAP_SERVED_BYTES))
+    return _heap_reuse["applied"]

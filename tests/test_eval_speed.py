@@ -19,7 +19,9 @@ from recbole_mm import registry
 from recbole_mm.config import Config
 from recbole_mm.data.dataset import TARGET_POSITION_FIELD, MultimodalSequentialDataset
 from recbole_mm.model import mdsrec as mdsrec_module
-from recbole_mm.model.layers.frequency_attention import FrequencyAttentionEncoder, FrequencyFilter, attention_mask
+from recbole_mm.model.layers import frequency_attention
+from recbole_mm.model.layers.frequency_attention import (FrequencyAttentionEncoder, FrequencyFilter, attention_mask,
+                                                       keep_mask)
 from recbole_mm.quick_start import create_dataset
 from recbole_mm.trainer import TopKCollector
 
@@ -115,27 +117,34 @@ def test_low_pass_matrix_equals_the_fft_pair(length, c):
     torch.testing.assert_close(high_last, high[:, -1:], atol=1e-6, rtol=1e-6)
 
 
+def left_padded_mask(lengths, window):
+    """The additive mask of left-padded rows of the given lengths (length 0: no valid key)."""
+    lengths = torch.tensor(lengths)
+    return attention_mask(torch.arange(window)[None, :] >= (window - lengths)[:, None])
+
+
 @pytest.mark.parametrize("train", [True, False])
-def test_last_only_equals_the_full_encoder_and_keeps_the_random_stream(train):
+@pytest.mark.parametrize("lengths", [
+    [1, 2, 3, 2, 1],  # few keys: the last query runs on its allowed keys alone
+    [7, 6, 7, 5, 7],  # most keys allowed: the masked path
+    [1, 2, 0, 3, 1],  # a row with no allowed key: the masked path (uniform over the raw scores)
+])
+def test_last_only_equals_the_full_encoder(train, lengths):
+    """Without dropout both must give the same output and gradients; with dropout the masks differ
+    by design (tests/test_step_speed.py checks the ragged attention with dropout)."""
     torch.manual_seed(0)
     encoder = FrequencyAttentionEncoder(n_layers=2, hidden_size=8, n_heads=2, inner_size=16,
-                                        hidden_dropout=0.5, attn_dropout=0.5).train(train)
+                                        hidden_dropout=0.0, attn_dropout=0.0).train(train)
     x = torch.randn(5, 7, 8, requires_grad=True)
-    mask = attention_mask(torch.rand(5, 7) > 0.3)
-    torch.manual_seed(1)
+    mask = left_padded_mask(lengths, 7)
     full = encoder(x, mask)[:, -1]
-    after_full = torch.rand(4)
-    torch.manual_seed(1)
     last = encoder(x, mask, last_only=True)
-    after_last = torch.rand(4)
     torch.testing.assert_close(last, full, atol=1e-6, rtol=1e-6)
-    assert torch.equal(after_full, after_last)  # same draws, so every later draw is unchanged too
-    if train:
-        grads_full = torch.autograd.grad(full.square().sum(), [x, *encoder.parameters()])
-        grads_last = torch.autograd.grad(last.square().sum(), [x, *encoder.parameters()])
-        for a, b in zip(grads_full, grads_last):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-        assert encoder.blocks[1].feed_forward.dense_in.weight.grad is None  # grad() leaves .grad alone
+    grads_full = torch.autograd.grad(full.square().sum(), [x, *encoder.parameters()])
+    grads_last = torch.autograd.grad(last.square().sum(), [x, *encoder.parameters()])
+    for a, b in zip(grads_full, grads_last):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert encoder.blocks[1].feed_forward.dense_in.weight.grad is None  # grad() leaves .grad alone
 
 
 def full_length_scores(model, interaction):
@@ -193,24 +202,33 @@ def test_whole_evaluation_metrics_identical_to_the_reference_path(repeating, mon
     assert fast == slow
 
 
-def reference_frequency_forward(layer, x):
-    """The frequency branch as it was written with an FFT pair (its dropout drew ``rand_like`` of
-    the FFT output, whose memory order is [B, d, L])."""
+def reference_frequency_forward(layer, x, keep):
+    """The frequency branch as it was written with an FFT pair; ``keep`` is the dropout
+    multiplier (0 or 1 / keep probability) to apply."""
     spectrum = torch.fft.rfft(x, dim=1, norm="ortho")
     keep_bins = torch.arange(spectrum.shape[1]) < layer.kept_bins
     low = torch.fft.irfft(spectrum * keep_bins[None, :, None], n=x.shape[1], dim=1, norm="ortho")
     mixed = low + layer.sqrt_beta.pow(2) * (x - low)
-    keep = (torch.rand_like(mixed) >= layer.dropout.p).to(x.dtype)
-    return layer.layer_norm(x + mixed * (keep * (1.0 / (1.0 - layer.dropout.p))))
+    return layer.layer_norm(x + mixed * keep)
 
 
 @pytest.mark.parametrize("last_only", [False, True])
-def test_frequency_branch_in_training_equals_the_fft_implementation(last_only):
+def test_frequency_branch_in_training_equals_the_fft_implementation(last_only, monkeypatch):
     torch.manual_seed(0)
     layer = FrequencyFilter(hidden_size=8, c=3, dropout=0.5, layer_norm_eps=1e-12).train()
     x = torch.randn(4, 9, 8)
-    torch.manual_seed(3)
-    expected = reference_frequency_forward(layer, x)
-    torch.manual_seed(3)
+    drawn = []
+
+    def recording_keep_mask(*args, **kwargs):
+        drawn.append(keep_mask(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(frequency_attention, "keep_mask", recording_keep_mask)
     out = layer(x, last_only=last_only)
+    (keep,) = drawn
+    assert keep.shape == ((4, 1, 8) if last_only else (4, 9, 8))  # last_only draws its row only
+    assert set(keep.unique().tolist()) == {0.0, 2.0}
+    full_keep = torch.ones(4, 9, 8)
+    full_keep[:, -keep.shape[1]:] = keep
+    expected = reference_frequency_forward(layer, x, full_keep)
     torch.testing.assert_close(out, expected[:, -1:] if last_only else expected, atol=1e-5, rtol=1e-5)

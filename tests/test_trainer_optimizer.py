@@ -67,3 +67,13 @@ def test_recbole_models_keep_recbole_optimizer(tmp_path, in_tmp):
     config = Config(model="SASRec", dataset="ml-100k", config_dict=tiny_run_config(tmp_path))
     trainer_class = registry.get_trainer(config["MODEL_TYPE"], "SASRec")
     assert not issubclass(trainer_class, MMTrainer)
+
+
+@pytest.mark.parametrize("overrides,applied", [({}, True), ({"cpu_keep_freed_memory": False}, False)])
+def test_trainer_sets_the_allocator_unless_switched_off(tmp_path, in_tmp, monkeypatch, overrides, applied):
+    calls = []
+    monkeypatch.setattr("recbole_mm.trainer.keep_freed_memory", lambda: calls.append(1))
+    config = Config(model="MuSTRec", dataset="tiny",
+                    config_dict=tiny_run_config(tmp_path, data_path=str(tmp_path), **overrides))
+    registry.get_trainer(config["MODEL_TYPE"], "MuSTRec")(config, build(FakeDataset()))
+    assert calls == ([1] if applied else [])

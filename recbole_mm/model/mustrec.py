@@ -42,6 +42,7 @@ from recbole_mm.model.layers.frequency_attention import (
     FrequencyAttentionEncoder, MaskDropout, attention_mask, right_to_left_padding)
 from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
+from recbole_mm.model.layers.sparse_matmul import graph_matmul
 from recbole_mm.utils import atomic_write, keyed_randint
 
 try:  # the foundation's trainer (hooks, safe loading); plain RecBole before it exists
@@ -270,7 +271,7 @@ class MuSTRec(SequentialRecommender):
         if self.use_item_graph:
             item_item = self.item_embedding.weight
             for _ in range(self.n_ii_layers):
-                item_item = torch.sparse.mm(self.item_item_graph, item_item)
+                item_item = graph_matmul(self.item_item_graph, item_item)
             items = items + item_item if self.use_ui_graph else item_item
         pad = torch.zeros(1, dtype=torch.long, device=users.device)
         return users.index_fill(0, pad, 0.0), items.index_fill(0, pad, 0.0)
@@ -357,9 +358,9 @@ class MuSTRec(SequentialRecommender):
             user_table, item_table = self._head_tables(h_user, h_item)
             x = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
                              item_table, user_table, users)
-            logits = x @ item_table.t()
-            logits[:, 0] = float("-inf")
-            loss = loss + omega * F.cross_entropy(logits, positives)
+            # softmax over the real items 1..n (PAD, column 0, is left out, not set to -inf)
+            logits = x @ item_table[1:].t()
+            loss = loss + omega * F.cross_entropy(logits, positives - 1)
         return loss
 
     # ------------------------------------------------------------------ evaluation

@@ -24,10 +24,15 @@ Speed (docs/benchmarks/eval.md, docs/benchmarks/mustrec.md), same outputs up to 
   one matrix product instead of an FFT pair;
 - ``encoder(x, mask, last_only=True)`` returns only the last position: every block but the last
   runs on all positions (the last one reads them as keys, values and frequency input), the last
-  block computes its query, feed-forward and normalisation for the last row only. A model whose
-  loss and scores read only the last position (MuSTRec) gets the same numbers. In training the
-  dropout masks are still drawn at the full shape and sliced, so the random stream, and
-  therefore every later draw, is the same as with ``last_only=False``.
+  block computes its query, feed-forward and normalisation for the last row only, and in
+  training draws its dropout masks for that row only. A model whose loss and scores read only
+  the last position (MuSTRec) gets the same numbers in evaluation and the same distribution of
+  updates in training;
+- when a sequence is short next to ``L``, the last block's query is computed over that sequence's
+  own keys only (keys and values projected for those rows, a softmax per sequence): the masked
+  keys' weights are exactly 0 in the dense form, so this gives the same result;
+- dropout masks come from random 16-bit integers, four per 64-bit draw (:func:`keep_mask`),
+  instead of one float per element.
 """
 import math
 
@@ -40,17 +45,40 @@ from recbole_mm.errors import ConfigError
 __all__ = [
     "FrequencyFilter", "MultiHeadSelfAttention", "PositionwiseFeedForward",
     "FrequencyAttentionBlock", "FrequencyAttentionEncoder", "attention_mask",
-    "right_to_left_padding", "MaskDropout",
+    "right_to_left_padding", "MaskDropout", "keep_mask",
 ]
 
 MASK_VALUE = -10000.0
+KEY_ROWS_WORTH_GATHERING = 0.5  # the last query runs on its allowed keys alone below this share of L
+
+
+DROPOUT_LEVELS = 65536  # a mask element is one random 16-bit integer
+
+
+def keep_mask(shape, p, dtype=torch.float32, device=None):
+    """Inverted-dropout multiplier of ``shape``: ``1 / q`` where an element is kept, else 0.
+
+    Each element reads one uniform 16-bit integer ``r`` (four come from one 64-bit draw of the
+    generator) and is kept when ``r >= t``, ``t = round(p * 65536)``: kept with probability
+    ``q = 1 - t / 65536`` (exactly ``1 - p`` for ``p`` a multiple of 1/65536, 0.5 among them,
+    otherwise within 8e-6 of it). Scaling by ``1 / q`` keeps the expectation exact. On this
+    project's CPUs mask and multiply take about half the time of a mask from ``rand() >= p``
+    (one 32-bit draw and a float per element) and a quarter of ``F.dropout``
+    (docs/benchmarks/mustrec.md).
+    """
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
+    levels = words.view(torch.int16)[:count].view(shape)  # uniform on [-32768, 32767]
+    dropped = min(round(p * DROPOUT_LEVELS), DROPOUT_LEVELS - 1)
+    keep_probability = 1.0 - dropped / DROPOUT_LEVELS
+    return (levels >= dropped - DROPOUT_LEVELS // 2).to(dtype).mul_(1.0 / keep_probability)
 
 
 class MaskDropout(nn.Module):
-    """Inverted dropout drawn with ``rand >= p``; same distribution as ``nn.Dropout``.
+    """Inverted dropout with the mask of :func:`keep_mask` on CPU; ``F.dropout`` on GPU.
 
-    On CPU ``nn.Dropout`` (``bernoulli_``) is about 3x slower than a uniform draw and was
-    about half of the head's forward time; on GPU the fused ``F.dropout`` is used.
+    Same role as ``nn.Dropout``; the CPU mask is cheaper to draw (``bernoulli_`` was about
+    half of the head's forward time at rate 0.5).
     """
 
     def __init__(self, p):
@@ -59,25 +87,12 @@ class MaskDropout(nn.Module):
             raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
 
-    def forward(self, x, full_shape=None, draw_order=None):
-        """``full_shape``: ``x`` holds the last ``x.shape[-2]`` rows (dim -2) of a tensor of that
-        shape; the mask is drawn for the whole tensor and sliced (same random stream on CPU).
-        ``draw_order``: a permutation of the dimensions in which the uniform draws fill the mask
-        (memory order), e.g. ``(0, 2, 1)`` fills a ``[B, L, d]`` mask as ``[B, d, L]``."""
+    def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
         if x.is_cuda:
             return F.dropout(x, self.p, True)
-        shape = tuple(full_shape or x.shape)
-        if draw_order:
-            draw = torch.rand([shape[i] for i in draw_order], dtype=x.dtype, device=x.device)
-            draw = draw.permute(*sorted(range(len(draw_order)), key=lambda i: draw_order[i]))
-        else:
-            draw = torch.rand(shape, dtype=x.dtype, device=x.device)
-        if full_shape:
-            draw = draw[..., draw.shape[-2] - x.shape[-2]:, :]
-        keep = (draw >= self.p).to(x.dtype)
-        return x * (keep * (1.0 / (1.0 - self.p)))
+        return x * keep_mask(x.shape, self.p, x.dtype, x.device)
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -149,9 +164,7 @@ class FrequencyFilter(nn.Module):
         low, high = self.split(x, last_only)
         mixed = low + self.sqrt_beta.pow(2) * high
         residual = x[:, -1:] if last_only else x
-        # the mask is drawn in [B, d, L] memory order, the layout of the FFT output this branch had
-        # before the matrix form: the same masks as before, so the same training run
-        return self.layer_norm(residual + self.dropout(mixed, x.shape if last_only else None, draw_order=(0, 2, 1)))
+        return self.layer_norm(residual + self.dropout(mixed))
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -175,21 +188,49 @@ class MultiHeadSelfAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.n_heads, self.head_size).transpose(1, 2)
 
+    def _last_query_over_allowed_keys(self, x, allowed):
+        """Context ``[B, 1, d]`` of the last query over the keys ``allowed`` (``[B, L]`` bool, at
+        least one per row), computed on those keys only: keys and values are projected for the
+        allowed rows, and the softmax runs per sequence over them. The masked path gives a masked
+        key a weight that underflows to exactly 0, so both are the same attention up to float
+        rounding."""
+        batch, length, hidden = x.shape
+        rows = allowed.reshape(-1).nonzero().squeeze(1)
+        owner = rows // length  # the sequence each allowed key belongs to
+        members = x.reshape(-1, hidden).index_select(0, rows)
+        keys = self.key(members).view(-1, self.n_heads, self.head_size)
+        values = self.value(members).view(-1, self.n_heads, self.head_size)
+        query = self.query(x[:, -1]).view(batch, self.n_heads, self.head_size)
+        scores = (query.index_select(0, owner) * keys).sum(-1) / math.sqrt(self.head_size)  # [n, heads]
+        with torch.no_grad():  # a per-sequence shift: the softmax does not depend on it
+            shift = scores.new_full((batch, self.n_heads), -math.inf).scatter_reduce(
+                0, owner.unsqueeze(1).expand_as(scores), scores, "amax")
+        weights = (scores - shift.index_select(0, owner)).exp()
+        totals = weights.new_zeros(batch, self.n_heads).index_add(0, owner, weights)
+        probs = self.attn_dropout(weights / totals.index_select(0, owner))
+        context = values.new_zeros(batch, self.n_heads, self.head_size).index_add(
+            0, owner, probs.unsqueeze(-1) * values)
+        return context.view(batch, 1, hidden)
+
     def forward(self, x, mask, last_only=False):
-        """``last_only``: queries (and the output) for the last position only."""
+        """``last_only``: queries (and the output) for the last position only. When few keys are
+        allowed (short sequences in a long window) that query runs on them alone
+        (:meth:`_last_query_over_allowed_keys`)."""
         queries = x[:, -1:] if last_only else x
-        q, k, v = self._heads(self.query(queries)), self._heads(self.key(x)), self._heads(self.value(x))
         mask = mask[..., -1:, :] if last_only else mask
+        if last_only:
+            allowed = mask[:, 0, -1, :] == 0
+            if allowed.any(dim=1).all() and allowed.sum() <= KEY_ROWS_WORTH_GATHERING * allowed.numel():
+                context = self._last_query_over_allowed_keys(x, allowed)
+                return self.layer_norm(queries + self.out_dropout(self.output(context)))
+        q, k, v = self._heads(self.query(queries)), self._heads(self.key(x)), self._heads(self.value(x))
         if self.training and self.attn_dropout.p > 0:
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size) + mask
-            batch, length = x.shape[:2]
-            probs = self.attn_dropout(scores.softmax(dim=-1),
-                                      (batch, self.n_heads, length, length) if last_only else None)
-            context = probs @ v
+            context = self.attn_dropout(scores.softmax(dim=-1)) @ v
         else:  # no dropout to draw: torch's fused kernel, same scale and additive mask
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         context = context.transpose(1, 2).reshape(queries.shape)
-        return self.layer_norm(queries + self.out_dropout(self.output(context), x.shape if last_only else None))
+        return self.layer_norm(queries + self.out_dropout(self.output(context)))
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -207,9 +248,8 @@ class PositionwiseFeedForward(nn.Module):
         self.dropout = MaskDropout(dropout)
         self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
 
-    def forward(self, x, full_shape=None):
-        """``full_shape``: ``x`` is the last rows of a tensor of that shape (see :class:`MaskDropout`)."""
-        return self.layer_norm(x + self.dropout(self.dense_out(self.act(self.dense_in(x))), full_shape))
+    def forward(self, x):
+        return self.layer_norm(x + self.dropout(self.dense_out(self.act(self.dense_in(x)))))
 
 
 class FrequencyAttentionBlock(nn.Module):
@@ -228,7 +268,7 @@ class FrequencyAttentionBlock(nn.Module):
     def forward(self, x, mask, last_only=False):
         """``[B, L, d]``, or ``[B, 1, d]`` (the last position) with ``last_only``."""
         mixed = self.alpha * self.frequency(x, last_only) + (1.0 - self.alpha) * self.attention(x, mask, last_only)
-        return self.feed_forward(mixed, x.shape if last_only else None)
+        return self.feed_forward(mixed)
 
 
 class FrequencyAttentionEncoder(nn.Module):

@@ -7,22 +7,17 @@ Given a (normalised) adjacency ``A`` and ego embeddings ``h(0)`` the layers are
 - ``"sum"``: their sum;
 - ``"last"``: layer L only (a literal reading of MuSTRec's Eq 8).
 
-``A`` may be a torch sparse (COO/CSR) or dense matrix.
+``A`` may be a torch sparse (COO/CSR) or dense matrix (products by :func:`graph_matmul`).
 """
 import torch
 from torch import nn
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.sparse_matmul import graph_matmul
 
 __all__ = ["lightgcn_propagate", "LightGCN", "COMBINATIONS"]
 
 COMBINATIONS = ("mean", "sum", "last")
-
-
-def _matmul(adjacency, x):
-    if adjacency.is_sparse or adjacency.layout != torch.strided:
-        return torch.sparse.mm(adjacency, x)
-    return adjacency @ x
 
 
 def lightgcn_propagate(adjacency, ego, n_layers, combine="mean"):
@@ -34,7 +29,7 @@ def lightgcn_propagate(adjacency, ego, n_layers, combine="mean"):
     layers = [ego]
     x = ego
     for _ in range(n_layers):
-        x = _matmul(adjacency, x)
+        x = graph_matmul(adjacency, x)
         layers.append(x)
     if combine == "last":
         return layers[-1]

@@ -1,0 +1,183 @@
+"""Fast training-step paths against slow, obviously correct ones (docs/benchmarks/mustrec.md).
+
+- dropout masks from 16-bit integers: keep rate, scale and independence, element by element;
+- the last query of MuSTRec's head on its allowed keys alone against the masked dense attention,
+  with the same dropout mask;
+- graph products through cached CSR copies against ``torch.sparse.mm`` (values and gradients);
+- the allocator setting: a step-sized block comes from the heap and stays there after ``free``.
+"""
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_mm.model.layers import frequency_attention
+from recbole_mm.model.layers.frequency_attention import MaskDropout, MultiHeadSelfAttention, attention_mask, keep_mask
+from recbole_mm.model.layers.sparse_matmul import graph_matmul
+
+
+# ------------------------------------------------------------------ dropout masks
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_keeps_each_element_with_probability_one_minus_p(p):
+    torch.manual_seed(0)
+    mask = keep_mask((4096, 256), p)  # 1,048,576 elements
+    kept = mask != 0
+    dropped = round(p * 65536)
+    q = 1.0 - dropped / 65536
+    assert abs(q - (1.0 - p)) < 1e-5
+    values = mask.unique().tolist()
+    assert values[0] == 0.0 and values[1:] == [pytest.approx(1.0 / q)]
+    sd = math.sqrt(q * (1 - q) / kept.numel())
+    assert abs(kept.float().mean().item() - q) < 5 * sd
+    # four elements share one 64-bit draw: each of the four lanes must be fair on its own (a generator
+    # that left the top bit of a word at 0 would bias the fourth lane)
+    lanes = kept.reshape(-1, 4).float().mean(0)
+    assert (lanes - q).abs().max().item() < 5 * sd * 2
+    # neighbours are independent: P(both kept) = q^2
+    both = (kept.reshape(-1, 2).all(1)).float().mean().item()
+    assert abs(both - q * q) < 5 * math.sqrt(q * q * (1 - q * q) / (kept.numel() / 2))
+    assert abs(mask.mean().item() - 1.0) < 5 * sd / q  # inverted dropout: expectation kept
+
+
+def test_keep_mask_is_seeded_and_fresh_per_call():
+    torch.manual_seed(3)
+    first, second = keep_mask((7, 5), 0.5), keep_mask((7, 5), 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(keep_mask((7, 5), 0.5), first)
+    assert not torch.equal(first, second)
+    assert keep_mask((3,), 0.0).eq(1.0).all()  # rate 0 keeps everything, unscaled
+
+
+def test_mask_dropout_multiplies_value_and_gradient_by_the_same_mask(monkeypatch):
+    drawn = []
+    monkeypatch.setattr(frequency_attention, "keep_mask",
+                        lambda *a, **k: drawn.append(keep_mask(*a, **k)) or drawn[-1])
+    layer = MaskDropout(0.5).train()
+    x = torch.randn(6, 9, requires_grad=True)
+    out = layer(x)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, x * drawn[0])
+    torch.testing.assert_close(grad, drawn[0])
+    assert layer.eval()(x) is x
+
+
+# ------------------------------------------------------------------ ragged last-query attention
+def masked_last_query(module, x, mask, probs_keep=None):
+    """The last query's attention as the masked dense path computes it, dropout applied to the
+    probabilities with ``probs_keep`` (``[B, heads, 1, L]``)."""
+    batch, length, hidden = x.shape
+    heads = lambda t: t.view(batch, -1, module.n_heads, module.head_size).transpose(1, 2)
+    q, k, v = heads(module.query(x[:, -1:])), heads(module.key(x)), heads(module.value(x))
+    probs = (q @ k.transpose(-1, -2) / math.sqrt(module.head_size) + mask[..., -1:, :]).softmax(-1)
+    if probs_keep is not None:
+        probs = probs * probs_keep
+    context = (probs @ v).transpose(1, 2).reshape(batch, 1, hidden)
+    return module.layer_norm(x[:, -1:] + module.output(context))
+
+
+def test_last_query_on_allowed_keys_with_dropout_equals_the_masked_attention(monkeypatch):
+    torch.manual_seed(0)
+    module = MultiHeadSelfAttention(hidden_size=8, n_heads=2, attn_dropout=0.5, hidden_dropout=0.0,
+                                    layer_norm_eps=1e-12).train()
+    lengths = torch.tensor([1, 3, 2, 1, 4, 2])
+    valid = torch.arange(12)[None, :] >= (12 - lengths)[:, None]
+    mask = attention_mask(valid)
+    x = torch.randn(6, 12, 8, requires_grad=True)
+    drawn = []
+    monkeypatch.setattr(frequency_attention, "keep_mask",
+                        lambda *a, **k: drawn.append(keep_mask(*a, **k)) or drawn[-1])
+    out = module(x, mask, last_only=True)
+    (probs_keep_rows,) = drawn  # one mask: the allowed (key, head) pairs, nothing for padding
+    assert probs_keep_rows.shape == (int(lengths.sum()), 2)
+    probs_keep = torch.zeros(6, 12, 2)
+    probs_keep[valid] = probs_keep_rows  # row-major order of the allowed keys
+    expected = masked_last_query(module, x, mask, probs_keep.permute(0, 2, 1).unsqueeze(2))
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, *module.parameters()])
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ graph products
+def random_graph(rows, cols, nnz, seed):
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randint(0, rows, (nnz,), generator=generator),
+                         torch.randint(0, cols, (nnz,), generator=generator)])
+    return torch.sparse_coo_tensor(index, torch.rand(nnz, generator=generator), (rows, cols)).coalesce()
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_graph_matmul_equals_sparse_mm_in_value_and_gradient(layout):
+    graph = random_graph(30, 20, 120, seed=1)  # not square, not symmetric: the backward needs A^T
+    adjacency = graph if layout == "coo" else graph.to_sparse_csr()
+    x = torch.randn(20, 5, requires_grad=True)
+    out = graph_matmul(adjacency, x)
+    expected = graph.to_dense() @ x
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn(30, 5)
+    (grad,) = torch.autograd.grad(out, x, upstream)
+    torch.testing.assert_close(grad, graph.to_dense().t() @ upstream)
+    with torch.no_grad():
+        torch.testing.assert_close(graph_matmul(adjacency, x), expected)
+    dense = graph.to_dense()
+    torch.testing.assert_close(graph_matmul(dense, x), expected)
+
+
+def test_graph_matmul_follows_an_in_place_change_of_the_graph():
+    graph = random_graph(10, 10, 30, seed=2)
+    x = torch.randn(10, 3)
+    before = graph_matmul(graph, x)
+    graph.copy_(random_graph(10, 10, 30, seed=3))  # e.g. load_state_dict into the buffer
+    torch.testing.assert_close(graph_matmul(graph, x), random_graph(10, 10, 30, seed=3).to_dense() @ x)
+    assert not torch.allclose(before, graph_matmul(graph, x))
+
+
+def test_graph_matmul_lets_a_trainable_graph_get_its_gradient():
+    graph = random_graph(6, 6, 12, seed=4).requires_grad_()
+    x = torch.randn(6, 2)
+    graph_matmul(graph, x).sum().backward()
+    assert graph.grad is not None
+
+
+# ------------------------------------------------------------------ allocator
+ALLOCATOR_SCRIPT = textwrap.dedent("""
+    import ctypes, sys, torch
+    from recbole_mm.utils import keep_freed_memory
+
+    class MallInfo2(ctypes.Structure):  # glibc >= 2.33
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                     "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    before = libc.mallinfo2()
+    block = torch.empty(5 << 20).fill_(1.0)  # 20 MB, as a step's activations
+    during = libc.mallinfo2()
+    del block
+    after = libc.mallinfo2()
+    print(during.hblkhd - before.hblkhd, during.arena - before.arena, after.arena - during.arena)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_serves_blocks_from_the_heap_and_keeps_them():
+    def allocator(mode):
+        result = subprocess.run([sys.executable, "-c", ALLOCATOR_SCRIPT, mode], capture_output=True, text=True)
+        if "mallinfo2" in result.stderr:
+            pytest.skip("glibc older than 2.33 (no mallinfo2)")
+        assert result.returncode == 0, result.stderr
+        return [int(value) for value in result.stdout.split()]
+
+    mapped, grown, _ = allocator("default")
+    assert mapped >= 20 << 20 and grown < 1 << 20  # glibc's default: its own mapping, unmapped on free
+    mapped, grown, released = allocator("keep")
+    assert mapped == 0 and grown >= 20 << 20  # from the heap...
+    assert released == 0  # ...and still there after the free, for the next step to reuse
