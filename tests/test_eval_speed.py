@@ -19,9 +19,9 @@ from recbole_mm import registry
 from recbole_mm.config import Config
 from recbole_mm.data.dataset import TARGET_POSITION_FIELD, MultimodalSequentialDataset
 from recbole_mm.model import mdsrec as mdsrec_module
-from recbole_mm.model.layers import frequency_attention
-from recbole_mm.model.layers.frequency_attention import (FrequencyAttentionEncoder, FrequencyFilter, attention_mask,
-                                                       keep_mask)
+from recbole_mm.model.layers import dropout
+from recbole_mm.model.layers.dropout import keep_mask
+from recbole_mm.model.layers.frequency_attention import FrequencyAttentionEncoder, FrequencyFilter, attention_mask
 from recbole_mm.quick_start import create_dataset
 from recbole_mm.trainer import TopKCollector
 
@@ -223,7 +223,7 @@ def test_frequency_branch_in_training_equals_the_fft_implementation(last_only, m
         drawn.append(keep_mask(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(frequency_attention, "keep_mask", recording_keep_mask)
+    monkeypatch.setattr(dropout, "keep_mask", recording_keep_mask)
     out = layer(x, last_only=last_only)
     (keep,) = drawn
     assert keep.shape == ((4, 1, 8) if last_only else (4, 9, 8))  # last_only draws its row only

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_mm.model.layers import frequency_attention
-from recbole_mm.model.layers.frequency_attention import MaskDropout, MultiHeadSelfAttention, attention_mask, keep_mask
+from recbole_mm.model.layers import dropout
+from recbole_mm.model.layers.dropout import MaskDropout, keep_mask, use_mask_dropout
+from recbole_mm.model.layers.frequency_attention import MultiHeadSelfAttention, attention_mask
 from recbole_mm.model.layers.sparse_matmul import graph_matmul
 
 
@@ -54,7 +55,7 @@ def test_keep_mask_is_seeded_and_fresh_per_call():
 
 def test_mask_dropout_multiplies_value_and_gradient_by_the_same_mask(monkeypatch):
     drawn = []
-    monkeypatch.setattr(frequency_attention, "keep_mask",
+    monkeypatch.setattr(dropout, "keep_mask",
                         lambda *a, **k: drawn.append(keep_mask(*a, **k)) or drawn[-1])
     layer = MaskDropout(0.5).train()
     x = torch.randn(6, 9, requires_grad=True)
@@ -63,6 +64,22 @@ def test_mask_dropout_multiplies_value_and_gradient_by_the_same_mask(monkeypatch
     torch.testing.assert_close(out, x * drawn[0])
     torch.testing.assert_close(grad, drawn[0])
     assert layer.eval()(x) is x
+
+
+def test_use_mask_dropout_swaps_every_dropout_of_recboles_encoder():
+    from recbole.model.layers import TransformerEncoder
+
+    encoder = TransformerEncoder(n_layers=2, n_heads=2, hidden_size=8, inner_size=16, hidden_dropout_prob=0.3,
+                                 attn_dropout_prob=0.2)
+    rates = sorted(m.p for m in encoder.modules() if type(m) is torch.nn.Dropout)
+    assert use_mask_dropout(encoder) == len(rates) == 6  # per layer: attention probs, attention out, FFN
+    assert not any(type(m) is torch.nn.Dropout for m in encoder.modules())
+    assert sorted(m.p for m in encoder.modules() if isinstance(m, MaskDropout)) == rates
+    x, mask = torch.randn(3, 5, 8), torch.zeros(3, 1, 5, 5)
+    encoder.eval()
+    torch.testing.assert_close(encoder(x, mask)[-1], encoder(x, mask)[-1])  # no dropout in evaluation
+    encoder.train()
+    assert not torch.allclose(encoder(x, mask)[-1], encoder(x, mask)[-1])  # and fresh masks in training
 
 
 # ------------------------------------------------------------------ ragged last-query attention
@@ -88,7 +105,7 @@ def test_last_query_on_allowed_keys_with_dropout_equals_the_masked_attention(mon
     mask = attention_mask(valid)
     x = torch.randn(6, 12, 8, requires_grad=True)
     drawn = []
-    monkeypatch.setattr(frequency_attention, "keep_mask",
+    monkeypatch.setattr(dropout, "keep_mask",
                         lambda *a, **k: drawn.append(keep_mask(*a, **k)) or drawn[-1])
     out = module(x, mask, last_only=True)
     (probs_keep_rows,) = drawn  # one mask: the allowed (key, head) pairs, nothing for padding

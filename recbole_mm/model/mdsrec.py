@@ -22,6 +22,10 @@ Every step:
   loss     CE(ŷ^s) + sum_m rho_m CE(ŷ^m)                                         (Eq. 23-24)
 The Gumbel softmax chooses among one modality's interest centres; channels are fused by the
 fixed weights rho (Eq. 17, 22, 23).
+
+Speed (docs/benchmarks/mdsrec.md): dropout everywhere is ``layers/dropout.py:MaskDropout`` (the
+towers' ``nn.Dropout`` swapped at construction; same distribution, cheaper CPU masks), and the
+graph products go through ``layers/sparse_matmul.py:graph_matmul`` (cached CSR copies).
 """
 import torch
 import torch.nn as nn
@@ -32,10 +36,12 @@ from recbole.utils import InputType
 
 from recbole_mm.checks import require_cross_entropy, select_modalities
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.dropout import use_mask_dropout
 from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
 from recbole_mm.model.layers.eval_chunks import score_by_length, trim_padding
 from recbole_mm.model.layers.mdsrec_item_graphs import build_item_side, check_choice
+from recbole_mm.model.layers.sparse_matmul import graph_matmul
 
 ID_CHANNEL = "id"
 
@@ -133,7 +139,9 @@ class MDSRec(SequentialRecommender):
                 attn_scale=check_choice(config, "center_attn_scale", ("head", "model"))) for m in self.modalities})
         self._share_position, self._share_towers = share_position, share_towers
         self._item_table_cache = None
+        self._graphs = {}  # prefix -> (buffer identity and versions, sparse tensor): see _sparse
         self.apply(lambda module: init_sasrec_weights(module, self.initializer_range))  # as RecBole's SASRec
+        use_mask_dropout(self)  # towers, input and centre layers: same dropout, cheaper CPU masks
 
     # ------------------------------------------------------------------ item-side tables
     def train(self, mode=True):
@@ -148,16 +156,24 @@ class MDSRec(SequentialRecommender):
         self._item_table_cache = None
 
     def _sparse(self, prefix):
+        """The graph stored in the ``{prefix}_indices/_values`` buffers as one sparse tensor, rebuilt
+        only when a buffer is replaced (device move) or changed in place, so that
+        :func:`graph_matmul` can keep its CSR copies between steps."""
         indices, values = getattr(self, f"{prefix}_indices"), getattr(self, f"{prefix}_values")
-        return torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), is_coalesced=True,
-                                       check_invariants=False)
+        key = (indices.data_ptr(), values.data_ptr(), indices._version, values._version, values.device)
+        cached = self._graphs.get(prefix)
+        if cached is None or cached[0] != key:
+            graph = torch.sparse_coo_tensor(indices, values, (self.n_items, self.n_items), is_coalesced=True,
+                                            check_invariants=False)
+            self._graphs[prefix] = cached = (key, graph)
+        return cached[1]
 
     def injected_id_embeddings(self):
         """Ē^id = mu_id Ō E^id + E^id (Eq. 3)."""
         weight = self.item_embedding.weight
         if self.mu_id == 0 or self.cooc_values.numel() == 0:
             return weight
-        return weight + self.mu_id * torch.sparse.mm(self._sparse("cooc"), weight)
+        return weight + self.mu_id * graph_matmul(self._sparse("cooc"), weight)
 
     def modal_item_embeddings(self, modality, injected_id):
         """Ê^m = Ã^m E^id (Eq. 6); w/o MRGC a trainable projection of the raw features."""
@@ -166,7 +182,7 @@ class MDSRec(SequentialRecommender):
             mask = getattr(self, f"feature_mask_{modality}").unsqueeze(1).to(features.dtype)
             return self.modal_projections[modality](features) * mask
         source = injected_id if self.graph_input == "injected" else self.item_embedding.weight
-        return torch.sparse.mm(self._sparse(f"graph_{modality}"), source)
+        return graph_matmul(self._sparse(f"graph_{modality}"), source)
 
     def centre_features(self, modality, modal_table):
         """Ê^m_c = C^m Ê^m (Eq. 11): the mean (``center_assign: mean``) or sum of members' rows."""

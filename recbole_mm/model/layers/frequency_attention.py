@@ -31,8 +31,8 @@ Speed (docs/benchmarks/eval.md, docs/benchmarks/mustrec.md), same outputs up to 
 - when a sequence is short next to ``L``, the last block's query is computed over that sequence's
   own keys only (keys and values projected for those rows, a softmax per sequence): the masked
   keys' weights are exactly 0 in the dense form, so this gives the same result;
-- dropout masks come from random 16-bit integers, four per 64-bit draw (:func:`keep_mask`),
-  instead of one float per element.
+- dropout masks come from random 16-bit integers, four per 64-bit draw
+  (:class:`recbole_mm.model.layers.dropout.MaskDropout`), instead of one float per element.
 """
 import math
 
@@ -41,61 +41,16 @@ from torch import nn
 import torch.nn.functional as F
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.dropout import MaskDropout
 
 __all__ = [
     "FrequencyFilter", "MultiHeadSelfAttention", "PositionwiseFeedForward",
     "FrequencyAttentionBlock", "FrequencyAttentionEncoder", "attention_mask",
-    "right_to_left_padding", "MaskDropout", "keep_mask",
+    "right_to_left_padding",
 ]
 
 MASK_VALUE = -10000.0
 KEY_ROWS_WORTH_GATHERING = 0.5  # the last query runs on its allowed keys alone below this share of L
-
-
-DROPOUT_LEVELS = 65536  # a mask element is one random 16-bit integer
-
-
-def keep_mask(shape, p, dtype=torch.float32, device=None):
-    """Inverted-dropout multiplier of ``shape``: ``1 / q`` where an element is kept, else 0.
-
-    Each element reads one uniform 16-bit integer ``r`` (four come from one 64-bit draw of the
-    generator) and is kept when ``r >= t``, ``t = round(p * 65536)``: kept with probability
-    ``q = 1 - t / 65536`` (exactly ``1 - p`` for ``p`` a multiple of 1/65536, 0.5 among them,
-    otherwise within 8e-6 of it). Scaling by ``1 / q`` keeps the expectation exact. On this
-    project's CPUs mask and multiply take about half the time of a mask from ``rand() >= p``
-    (one 32-bit draw and a float per element) and a quarter of ``F.dropout``
-    (docs/benchmarks/mustrec.md).
-    """
-    count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
-    levels = words.view(torch.int16)[:count].view(shape)  # uniform on [-32768, 32767]
-    dropped = min(round(p * DROPOUT_LEVELS), DROPOUT_LEVELS - 1)
-    keep_probability = 1.0 - dropped / DROPOUT_LEVELS
-    return (levels >= dropped - DROPOUT_LEVELS // 2).to(dtype).mul_(1.0 / keep_probability)
-
-
-class MaskDropout(nn.Module):
-    """Inverted dropout with the mask of :func:`keep_mask` on CPU; ``F.dropout`` on GPU.
-
-    Same role as ``nn.Dropout``; the CPU mask is cheaper to draw (``bernoulli_`` was about
-    half of the head's forward time at rate 0.5).
-    """
-
-    def __init__(self, p):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = float(p)
-
-    def forward(self, x):
-        if not self.training or self.p == 0.0:
-            return x
-        if x.is_cuda:
-            return F.dropout(x, self.p, True)
-        return x * keep_mask(x.shape, self.p, x.dtype, x.device)
-
-    def extra_repr(self):
-        return f"p={self.p}"
 
 
 def right_to_left_padding(item_seq, item_seq_len):
