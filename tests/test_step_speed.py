@@ -1,11 +1,13 @@
 """Fast training-step paths against slow, obviously correct ones (docs/benchmarks/mustrec.md).
 
 - dropout masks from 16-bit integers: keep rate, scale and independence, element by element;
+- torch's GELU/swish kernels in RecBole's feed-forward blocks: RecBole's values and gradients;
 - the last query of MuSTRec's head on its allowed keys alone against the masked dense attention,
   with the same dropout mask;
 - graph products through cached CSR copies against ``torch.sparse.mm`` (values and gradients);
 - the allocator setting: a step-sized block comes from the heap and stays there after ``free``.
 """
+import copy
 import math
 import subprocess
 import sys
@@ -13,9 +15,10 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recbole_mm.model.layers import dropout
+from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.activation import ACTIVATIONS, activation, use_fused_activations
 from recbole_mm.model.layers.dropout import MaskDropout, keep_mask, use_mask_dropout
 from recbole_mm.model.layers.frequency_attention import MultiHeadSelfAttention, attention_mask
 from recbole_mm.model.layers.sparse_matmul import graph_matmul
@@ -80,6 +83,30 @@ def test_use_mask_dropout_swaps_every_dropout_of_recboles_encoder():
     torch.testing.assert_close(encoder(x, mask)[-1], encoder(x, mask)[-1])  # no dropout in evaluation
     encoder.train()
     assert not torch.allclose(encoder(x, mask)[-1], encoder(x, mask)[-1])  # and fresh masks in training
+
+
+@pytest.mark.parametrize("name", ["gelu", "swish"])
+def test_fused_activations_give_recboles_values_and_gradients(name):
+    from recbole.model.layers import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(n_layers=2, n_heads=2, hidden_size=8, inner_size=16, hidden_dropout_prob=0.0,
+                                 attn_dropout_prob=0.0, hidden_act=name)
+    fused = copy.deepcopy(encoder)
+    assert use_fused_activations(fused) == 2
+    assert all(block.intermediate_act_fn is ACTIVATIONS[name] for block in fused.modules()
+               if type(block).__name__ == "FeedForward")
+    x, mask = torch.randn(3, 5, 8), torch.zeros(3, 1, 5, 5)
+    out, fused_out = encoder(x, mask)[-1], fused(x, mask)[-1]
+    torch.testing.assert_close(fused_out, out, atol=1e-6, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), list(encoder.parameters())),
+                    torch.autograd.grad(fused_out.square().sum(), list(fused.parameters()))):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_activation_names_the_config_key():
+    with pytest.raises(ConfigError, match="hidden_act"):
+        activation("gleu")
 
 
 # ------------------------------------------------------------------ ragged last-query attention

@@ -24,8 +24,10 @@ The Gumbel softmax chooses among one modality's interest centres; channels are f
 fixed weights rho (Eq. 17, 22, 23).
 
 Speed (docs/benchmarks/mdsrec.md): dropout everywhere is ``layers/dropout.py:MaskDropout`` (the
-towers' ``nn.Dropout`` swapped at construction; same distribution, cheaper CPU masks), and the
-graph products go through ``layers/sparse_matmul.py:graph_matmul`` (cached CSR copies).
+towers' ``nn.Dropout`` swapped at construction; same distribution, cheaper CPU masks); the towers'
+GELU is torch's kernel (``layers/activation.py``; RecBole's composite form computes the same
+function); the graph products go through ``layers/sparse_matmul.py:graph_matmul`` (cached CSR
+copies).
 """
 import torch
 import torch.nn as nn
@@ -36,6 +38,7 @@ from recbole.utils import InputType
 
 from recbole_mm.checks import require_cross_entropy, select_modalities
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.activation import use_fused_activations
 from recbole_mm.model.layers.dropout import use_mask_dropout
 from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.interest_attention import InterestCentralisedAttention, centre_relation_weights
@@ -142,6 +145,7 @@ class MDSRec(SequentialRecommender):
         self._graphs = {}  # prefix -> (buffer identity and versions, sparse tensor): see _sparse
         self.apply(lambda module: init_sasrec_weights(module, self.initializer_range))  # as RecBole's SASRec
         use_mask_dropout(self)  # towers, input and centre layers: same dropout, cheaper CPU masks
+        use_fused_activations(self)  # the towers' GELU as torch's kernel, not RecBole's composite
 
     # ------------------------------------------------------------------ item-side tables
     def train(self, mode=True):

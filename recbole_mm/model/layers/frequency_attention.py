@@ -41,6 +41,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.activation import activation
 from recbole_mm.model.layers.dropout import MaskDropout
 
 __all__ = [
@@ -193,11 +194,7 @@ class PositionwiseFeedForward(nn.Module):
 
     def __init__(self, hidden_size, inner_size, hidden_act, dropout, layer_norm_eps):
         super().__init__()
-        acts = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-                "swish": F.silu, "silu": F.silu}
-        if hidden_act not in acts:
-            raise ConfigError(f"hidden_act must be one of {sorted(acts)}, got {hidden_act!r}")
-        self.act = acts[hidden_act]
+        self.act = activation(hidden_act)
         self.dense_in = nn.Linear(hidden_size, inner_size)
         self.dense_out = nn.Linear(inner_size, hidden_size)
         self.dropout = MaskDropout(dropout)

@@ -20,26 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_mm.errors import ConfigError
+from recbole_mm.model.layers.activation import activation
 
 CENTER_FFN_CHOICES = ("literal", "residual")
 CENTER_SCALE_CHOICES = ("head", "model")
 GUMBEL_NOISE_CHOICES = ("logistic", "gumbel", "none")
 GUMBEL_EVAL_CHOICES = ("soft", "hard", "sample")
-
-
-_ACTIVATIONS = {  # the names RecBole's FeedForward accepts for ``hidden_act``
-    "gelu": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
-    "relu": F.relu,
-    "swish": lambda x: x * torch.sigmoid(x),
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-}
-
-
-def _activation(name):
-    if name not in _ACTIVATIONS:
-        raise ConfigError(f"config key 'hidden_act' must be one of {sorted(_ACTIVATIONS)}, got {name!r}.")
-    return _ACTIVATIONS[name]
 
 
 class CentreAttentionLayer(nn.Module):
@@ -69,7 +55,7 @@ class CentreAttentionLayer(nn.Module):
         self.attn_scale = attn_scale
         self.ffn_in = nn.Linear(hidden_size, inner_size)  # W1, b1
         self.ffn_out = nn.Linear(inner_size, hidden_size)  # W2, b2
-        self.act = _activation(hidden_act)
+        self.act = activation(hidden_act)
         self.out_proj = None if share_out_proj else nn.Linear(hidden_size, hidden_size)  # own U
         if center_ffn == "residual":
             self.attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
