@@ -109,15 +109,16 @@ def _compare(table, name_a, name_b, store, metric):
     pairs = [(x, y) for s, x in zip(a["seeds"], a["values"][metric])
              for t, y in zip(b["seeds"], b["values"][metric]) if s == t]
     p_seeds = paired_t_p([x for x, _ in pairs], [y for _, y in pairs])
-    users = _paired_user_values(a["runs"][0], b["runs"][0], store, metric)
+    users = paired_user_values(a["runs"][0], b["runs"][0], store, metric)
     return p_seeds, (wilcoxon_p(*users) if users is not None else math.nan)
 
 
-def _paired_user_values(row_a, row_b, store, metric):
-    """Per-user values of two runs on the same test users (matched by user token)."""
+def paired_user_values(row_a, row_b, store, metric, store_b=None):
+    """Per-user values of two runs on the same test users (matched by user token); ``store_b``
+    holds ``row_b``'s split table when it comes from another results file."""
     if row_a["seed"] != row_b["seed"] or not row_a["split"] or not row_b["split"]:
         return None
-    split_a, split_b = store.get_split(row_a["split"]), store.get_split(row_b["split"])
+    split_a, split_b = store.get_split(row_a["split"]), (store_b or store).get_split(row_b["split"])
     index_b = {user: i for i, user in enumerate(split_b["user"])}
     common = [(i, index_b[u]) for i, u in enumerate(split_a["user"]) if u in index_b]
     if not common:
@@ -527,7 +528,7 @@ def claims_section(claims, selected, store, grid):
             paired = [(v, by_seed_b[r["seed"]]) for r, v in zip(a["runs"], values_a) if r["seed"] in by_seed_b]
             p, test = paired_t_p([x for x, _ in paired], [y for _, y in paired]), "p"
             if len(paired) < 2 and not cold:  # one shared seed: test over its test users instead
-                users = _paired_user_values(a["runs"][0], b["runs"][0], store, metric)
+                users = paired_user_values(a["runs"][0], b["runs"][0], store, metric)
                 if users is not None:
                     p, test = wilcoxon_p(*users), "p users"
             mean_a, mean_b = float(np.mean(values_a)), float(np.mean(values_b))
