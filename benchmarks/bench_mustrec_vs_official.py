@@ -37,7 +37,7 @@ import sys
 import time
 
 from common import REPO, append_record, data_root, run_entry_point, scratch_dir
-from recbole_mm.errors import MissingFileError
+from recbole_mm.errors import ConfigError, MissingFileError, RecBoleMMError
 from recbole_mm.utils import HEAP_KEPT_BYTES, HEAP_SERVED_BYTES
 
 EPOCH_LINE = re.compile(r"epoch (\d+) (training|evaluating) \[time: ([0-9.]+)s")
@@ -82,7 +82,10 @@ def run_ours(args):
     quick_start.init_logger = init_logger_then_listen
     start, start_cpu = time.time(), time.process_time()
     result = quick_start.run_recbole_mm(model="MuSTRec", dataset=args.dataset, config_dict=config)
-    record = {"code": "recbole_mm", "threads": args.threads, "epochs": args.epochs, "overrides": json.loads(args.set),
+    from recbole_mm.benchmark.runner import code_version
+
+    record = {"code": "recbole_mm", "code_version": code_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "threads": args.threads, "epochs": args.epochs, "overrides": json.loads(args.set),
               "train_s_per_epoch": handler.times["training"], "valid_eval_s": handler.times["evaluating"],
               "total_wall_s": round(time.time() - start, 1), "total_cpu_s": round(time.process_time() - start_cpu, 1),
               "best_valid": result["best_valid_result"], "test": result["test_result"]}
@@ -149,10 +152,11 @@ STEP_VARIANTS = (  # (name, code, config overrides of ours, environment)
 
 
 def last_json(output, prefix=""):
+    """The last ``prefix{...}`` line of ``output`` as a dict, or None."""
     for line in reversed(output.splitlines()):
         if line.startswith(prefix + "{"):
             return json.loads(line[len(prefix):])
-    raise RuntimeError(f"no JSON line in the output:\n{output[-2000:]}")
+    return None
 
 
 def time_steps(args, code, overrides, environment):
@@ -169,12 +173,19 @@ def time_steps(args, code, overrides, environment):
         done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=args.official_src)
         record = last_json(done.stdout, "STEP_JSON ") if done.returncode == 0 else None
     if record is None:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        log = os.path.join(scratch_dir("bench_mustrec_vs_official"), f"{code}_failed.log")
+        with open(log, "w", encoding="utf-8") as handle:
+            handle.write(f"{' '.join(command)}\n\n{done.stdout}\n{done.stderr}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RecBoleMMError(f"the {code} timing run failed (exit {done.returncode}): {last} (full output: {log})")
     return record
 
 
 def run_steps(args):
     data_root(args.data_path, args.dataset)
+    if not (os.path.isfile(args.official_python) and os.access(args.official_python, os.X_OK)):
+        raise MissingFileError(f"--official_python {args.official_python}: not an executable file; pass the Python "
+                               f"of the environment that runs the official code.")
     if not os.path.isfile(os.path.join(args.official_src, "utils", "quick_start.py")):
         raise MissingFileError(f"--official_src {args.official_src}: no utils/quick_start.py there; pass the src/ "
                           f"folder of the CPU-patched official MuSTRec copy (docs/benchmarks/mustrec.md).")
@@ -194,9 +205,28 @@ def run_steps(args):
             append_record(args.out, row)
 
 
+def read_step_rows(path):
+    """The rows of a ``steps`` results file; one error line for anything else."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"--results {path}: no such file; pass the --out file of the steps command.")
+    needed = {"variant", "step_cpu_s", "step_s", "batches_per_epoch", "peak_rss_gib", "load_before", "load_after",
+              "host", "code_version", "threads", "batches", "date"}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--results {path}: not JSON lines ({error}); pass the --out file of the steps command.")
+    if not rows:
+        raise ConfigError(f"--results {path}: no rows; run the steps command first.")
+    missing = sorted(set().union(*[needed - set(row) for row in rows]))
+    if missing:
+        raise ConfigError(f"--results {path}: rows lack {', '.join(missing)}; pass the --out file of the steps "
+                          f"command.")
+    return rows
+
+
 def steps_report(args):
-    with open(args.results) as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
+    rows = read_step_rows(args.results)
     by_variant = {}
     for row in rows:
         by_variant.setdefault(row["variant"], []).append(row)

@@ -225,16 +225,22 @@ def keep_freed_memory():
 
     By default glibc serves large blocks (the activations of a training step: tens of MB) with a
     fresh ``mmap`` and returns them on ``free``, so every step touches new pages and pays a page
-    fault per 4 KiB: about 10,000 faults and 8 % of a MuSTRec step on Baby scale
-    (docs/benchmarks/mustrec.md). With blocks up to 32 MiB served from the heap and up to 1 GiB
-    of freed memory kept there, the next step reuses the same pages. The price is that the process
-    keeps its peak memory instead of shrinking between steps. Returns whether it applied (False on
-    systems without glibc's ``mallopt``)."""
+    fault per 4 KiB: 1,600-10,600 faults per MuSTRec step on Baby scale, depending on where glibc's
+    adaptive threshold settles (docs/benchmarks/mustrec.md; the step was 0-5 % faster without them,
+    within the run-to-run spread). With blocks up to 32 MiB served from the heap and up to 1 GiB of
+    freed memory kept there, the next step reuses the same pages. The setting holds for the whole
+    process (every DDP rank or Ray worker that builds a CPU trainer sets its own): it keeps its
+    peak memory instead of giving freed memory back between steps. Returns whether it applied
+    (False without glibc's ``mallopt``: macOS, Windows, musl)."""
     if _heap_reuse["applied"] is None:
         import ctypes
+        import sys
+
         try:
+            if not sys.platform.startswith("linux"):
+                raise OSError("glibc's mallopt is Linux-only")
             mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl)
             _heap_reuse["applied"] = False
         else:
             mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -43,22 +43,26 @@ def test_page_means_and_paired_test_by_hand(tmp_path):
     stores = [ResultStore(tmp_path / "a.jsonl"), ResultStore(tmp_path / "b.jsonl")]
     text = compare.page(compare.pair_rows(before, after, "scientific"), "ndcg@20", "two files", stores)
     assert "- before, as its first row records: learning_rate 0.001; protocol files none" in text
-    assert "| MDSRec | 2 | .1250 | .1240 | 20 / 20 | 10.0 / 5.0 | old / new |" in text
+    assert "| MDSRec | 2 | .1250 | .1240 | 20 / 20 | 10.0 / 5.0 | 30.0 / 15.0 | old / new |" in text  # 600 s / 20 epochs
     p = paired_t_p([0.122, 0.124, 0.133], [0.120, 0.125, 0.130])
     a, b = np.array([0.120, 0.125, 0.130]), np.array([0.122, 0.124, 0.133])
     short = lambda value, digits=4: f"{value:.{digits}f}".replace("0.", ".", 1)
     assert (f"| MDSRec | 3 | .1250 ± {short(a.std(ddof=1))} | {short(b.mean())} ± {short(b.std(ddof=1))} | "
-            f"{short(p, 3)} | — | 10.0 → 5.0 |") in text
+            f"{short(p, 3)} | — | 30.0 → 15.0 |") in text
     assert p > 0.05
 
 
-def test_no_twin_is_one_error_line(tmp_path):
+@pytest.mark.parametrize("extra,after_seed", [([], 9),  # no twin
+                                              (["--params", "{lr"], 1),  # not JSON
+                                              (["--metric", "ndcg@7"], 1)])  # a metric the rows lack
+def test_bad_input_is_one_error_line(tmp_path, extra, after_seed):
     import subprocess
 
-    for name, rows in (("before.jsonl", [row("MDSRec", 1, 0.1)]), ("after.jsonl", [row("MDSRec", 9, 0.1)])):
+    for name, rows in (("before.jsonl", [row("MDSRec", 1, 0.1)]), ("after.jsonl", [row("MDSRec", after_seed, 0.1)])):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "compare_code_versions.py"),
                            "--before", str(tmp_path / "before.jsonl"), "--after", str(tmp_path / "after.jsonl"),
-                           "--dataset", "scientific", "--out", str(tmp_path / "page.md")], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error:")
+                           "--dataset", "scientific", "--out", str(tmp_path / "page.md"), *extra],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error:"), done.stderr
     assert not (tmp_path / "page.md").exists()

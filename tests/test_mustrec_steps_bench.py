@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
@@ -49,3 +51,15 @@ def test_wrong_official_folder_is_one_error_line(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "--official_src" in lines[0]
     assert not (tmp_path / "steps.jsonl").exists()
+
+
+@pytest.mark.parametrize("content", [None, "", "not json\n", '{"variant": "x"}\n'])
+def test_steps_report_of_a_wrong_file_is_one_error_line(tmp_path, content):
+    results = tmp_path / "steps.jsonl"
+    if content is not None:
+        results.write_text(content)
+    done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "bench_mustrec_vs_official.py"),
+                           "steps-report", "--results", str(results), "--out", str(tmp_path / "page.md")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error:"), done.stderr
+    assert not (tmp_path / "page.md").exists()

@@ -36,10 +36,11 @@ from recbole_mm.errors import ConfigError
 from recbole_mm.graphs.interaction import DegreePruner, user_item_adjacency
 from recbole_mm.graphs.knn import knn_graph
 from recbole_mm.graphs.normalize import sym_normalize, weighted_sum
+from recbole_mm.model.layers.dropout import MaskDropout
 from recbole_mm.model.layers.eval_chunks import score_in_chunks
 from recbole_mm.model.layers.feature_table import FeatureTable, check_tables_fit
 from recbole_mm.model.layers.frequency_attention import (
-    FrequencyAttentionEncoder, MaskDropout, attention_mask, right_to_left_padding)
+    FrequencyAttentionEncoder, attention_mask, right_to_left_padding)
 from recbole_mm.model.layers.initialization import init_sasrec_weights
 from recbole_mm.model.layers.lightgcn import lightgcn_propagate
 from recbole_mm.model.layers.sparse_matmul import graph_matmul

@@ -4,8 +4,9 @@ The graphs of the models (normalised user-item, item-item kNN and co-occurrence 
 constants: only ``X`` needs a gradient, ``dX = A^T dY``. On CPU torch's COO product is slow in the
 forward pass (it walks the coordinate list), and a CSR matrix is fast forward but builds its
 transpose on every backward. :func:`graph_matmul` keeps two CSR copies per graph, ``A`` and
-``A^T``, made on first use and cached on the graph tensor itself (rebuilt if the tensor is changed
-in place, e.g. by ``load_state_dict``; a moved or replaced graph is a new tensor). Both passes are
+``A^T``, made on first use and cached per graph tensor in a weak dictionary (rebuilt if the tensor
+is changed in place, e.g. by ``load_state_dict``; a moved or replaced graph is a new tensor; the
+copies are never part of a deepcopy, a pickle or a checkpoint). Both passes are
 then one CSR product (docs/benchmarks/mustrec.md has the timings). The result equals
 ``torch.sparse.mm(A, X)`` up to float summation order.
 
@@ -14,15 +15,16 @@ Other devices, a dense ``A`` and a graph that itself requires a gradient take th
 import warnings
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 __all__ = ["graph_matmul"]
 
-_CACHE_ATTRIBUTE = "_recbole_mm_csr_pair"
+_CSR_PAIRS = WeakTensorKeyDictionary()  # graph tensor -> (its version counter, A in CSR, A^T in CSR)
 
 
 def _csr_pair(adjacency):
-    """``(A, A^T)`` in CSR, cached on ``adjacency`` and keyed on its in-place version counter."""
-    cached = getattr(adjacency, _CACHE_ATTRIBUTE, None)
+    """``(A, A^T)`` in CSR, cached per ``adjacency`` and keyed on its in-place version counter."""
+    cached = _CSR_PAIRS.get(adjacency)
     if cached is not None and cached[0] == adjacency._version:
         return cached[1], cached[2]
     with torch.no_grad(), warnings.catch_warnings():
@@ -30,7 +32,7 @@ def _csr_pair(adjacency):
         coo = adjacency.to_sparse_coo().coalesce() if adjacency.layout != torch.sparse_coo else adjacency.coalesce()
         forward = coo.to_sparse_csr()
         backward = coo.t().coalesce().to_sparse_csr()
-    setattr(adjacency, _CACHE_ATTRIBUTE, (adjacency._version, forward, backward))
+    _CSR_PAIRS[adjacency] = (adjacency._version, forward, backward)
     return forward, backward
 
 
