@@ -237,10 +237,10 @@ def keep_freed_memory():
         import sys
 
         try:
-            if not sys.platform.startswith("linux"):
-                raise OSError("glibc's mallopt is Linux-only")
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl)
+            mallopt = ctypes.CDLL(None).mallopt if sys.platform.startswith("linux") else None
+        except (OSError, AttributeError, TypeError):  # not glibc (musl)
+            mallopt = None
+        if mallopt is None:  # glibc's mallopt is Linux-only (not macOS, Windows, musl)
             _heap_reuse["applied"] = False
         else:
             mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
