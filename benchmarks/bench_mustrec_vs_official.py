@@ -191,6 +191,7 @@ def run_steps(args):
                           f"folder of the CPU-patched official MuSTRec copy (docs/benchmarks/mustrec.md).")
     from recbole_mm.benchmark.runner import code_version, host_facts
 
+    host, code_at = host_facts(args.threads), code_version()
     for round_index in range(args.rounds):
         for name, code, overrides, environment in STEP_VARIANTS:
             load_before = os.getloadavg()
@@ -200,7 +201,7 @@ def run_steps(args):
                    "batch_size": record.get("batch_size", 512), "batches_per_epoch": record["batches_per_epoch"],
                    "peak_rss_gib": round(record["peak_rss_gib"], 2), "load_before": load_before,
                    "load_after": os.getloadavg(), "environment": environment,
-                   "host": host_facts(args.threads), "code_version": code_version(),
+                   "host": host, "code_version": code_at,
                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             append_record(args.out, row)
 
@@ -266,7 +267,7 @@ def steps_report(args):
     if plain and official:
         lines.append(f"- both with glibc's defaults: **{plain / official:.3f}**")
     text = "\n".join(lines) + "\n"
-    with open(args.out, "w") as handle:
+    with open(args.out, "w", encoding="utf-8") as handle:
         handle.write(text)
     print(text)
 

@@ -238,7 +238,7 @@ def keep_freed_memory():
 
         try:
             mallopt = ctypes.CDLL(None).mallopt if sys.platform.startswith("linux") else None
-        except (OSError, AttributeError, TypeError):  # not glibc (musl)
+        except (OSError, AttributeError):  # not glibc (musl)
             mallopt = None
         if mallopt is None:  # glibc's mallopt is Linux-only (not macOS, Windows, musl)
             _heap_reuse["applied"] = False

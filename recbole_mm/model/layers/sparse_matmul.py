@@ -29,7 +29,7 @@ def _csr_pair(adjacency):
         return cached[1], cached[2]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        coo = adjacency.to_sparse_coo().coalesce() if adjacency.layout != torch.sparse_coo else adjacency.coalesce()
+        coo = adjacency.to_sparse_coo().coalesce()  # a COO graph is returned as it is
         forward = coo.to_sparse_csr()
         backward = coo.t().coalesce().to_sparse_csr()
     _CSR_PAIRS[adjacency] = (adjacency._version, forward, backward)
